@@ -1,0 +1,58 @@
+//! Key material that zeroizes on drop and never prints.
+
+use zeroize::Zeroizing;
+
+/// Owned secret bytes (keys, DH shared secrets, SKEYSEED, PSKs).
+///
+/// `Debug` prints the length and a short SHA-256 fingerprint, never the bytes, so a
+/// `tracing` field or a panic message cannot leak a key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Self {
+        Self::new(bytes.to_vec())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Splits off consecutive keys of the given lengths (the way IKE and ESP carve
+    /// KEYMAT). Returns `None` if there are not enough bytes.
+    pub fn split(&self, lens: &[usize]) -> Option<Vec<Secret>> {
+        let mut at = 0;
+        let mut out = Vec::with_capacity(lens.len());
+        for &len in lens {
+            out.push(Secret::from_slice(self.0.get(at..at + len)?));
+            at += len;
+        }
+        Some(out)
+    }
+
+    /// First 8 bytes of SHA-256 over the secret, hex: lets operators and tests
+    /// compare keys across nodes without revealing them.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.expose());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes, fp {})", self.len(), self.fingerprint())
+    }
+}

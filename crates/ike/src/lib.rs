@@ -1,0 +1,8 @@
+//! IKEv2 (RFC 7296) codec and state machines, sans-IO.
+//!
+//! Nothing here opens a socket, reads a clock or draws from a global RNG: callers
+//! pass `now`, datagrams and a [`tandem_crypto::SecureRandom`], and get back
+//! datagrams to send and state changes to install (STYLE.md 1).
+#![forbid(unsafe_code)]
+
+pub mod message;
