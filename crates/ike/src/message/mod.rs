@@ -85,7 +85,11 @@ pub enum Payload {
     TsR(Vec<TrafficSelector>),
     /// Any other payload type (CERT, CERTREQ, CP, EAP...), kept so the state
     /// machine can answer UNSUPPORTED_CRITICAL_PAYLOAD when `critical` is set.
-    Unknown { payload_type: u8, critical: bool, body: Vec<u8> },
+    Unknown {
+        payload_type: u8,
+        critical: bool,
+        body: Vec<u8>,
+    },
 }
 
 /// Payload type numbers (RFC 7296 section 3.2).
