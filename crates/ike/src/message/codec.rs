@@ -780,3 +780,6 @@ impl<'a> Reader<'a> {
         self.array().map(u64::from_be_bytes)
     }
 }
+
+#[cfg(test)]
+mod tests;
