@@ -1,0 +1,137 @@
+//! The local control socket: one command per connection, one reply, as plain lines.
+//! `tandemd ctl` is its client. The cluster-wide admin API (gRPC) is separate; this
+//! socket only ever talks to the daemon on the same machine, guarded by file
+//! permissions (0600, root).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+/// A command an operator (or a test) gives the running daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Status,
+    Initiate(String),
+    Terminate(String),
+    RekeyChild(String),
+    RekeyIke(String),
+}
+
+impl Command {
+    pub fn parse(line: &str) -> Result<Command, String> {
+        let mut words = line.split_whitespace();
+        let verb = words.next().unwrap_or_default();
+        let mut name = || {
+            words
+                .next()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{verb} needs a connection name"))
+        };
+        match verb {
+            "status" => Ok(Command::Status),
+            "initiate" => Ok(Command::Initiate(name()?)),
+            "terminate" => Ok(Command::Terminate(name()?)),
+            "rekey-child" => Ok(Command::RekeyChild(name()?)),
+            "rekey-ike" => Ok(Command::RekeyIke(name()?)),
+            other => Err(format!(
+                "unknown command {other:?}; expected status, initiate, terminate, rekey-child or rekey-ike"
+            )),
+        }
+    }
+}
+
+/// What the daemon's main loop receives: the command and where to send the reply.
+pub type Request = (Command, oneshot::Sender<Result<String, String>>);
+
+/// Listens on `path`, forwarding each parsed command to the main loop.
+pub fn serve(path: &Path, requests: mpsc::Sender<Request>) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // A stale socket from a crashed run would make bind fail with EADDRINUSE.
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind control socket {}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {}", path.display()))?;
+    }
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(answer(stream, requests.clone()));
+                }
+                Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn answer(stream: UnixStream, requests: mpsc::Sender<Request>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    // One short line: bound it so a stuck client cannot make us buffer forever.
+    let mut reader = BufReader::new(read).take(4096);
+    if reader.read_line(&mut line).await.is_err() {
+        return;
+    }
+    let reply = match Command::parse(line.trim()) {
+        Err(e) => Err(e),
+        Ok(cmd) => {
+            let (tx, rx) = oneshot::channel();
+            if requests.send((cmd, tx)).await.is_err() {
+                Err("daemon is shutting down".to_owned())
+            } else {
+                rx.await
+                    .unwrap_or_else(|_| Err("daemon dropped the request".to_owned()))
+            }
+        }
+    };
+    let text = match reply {
+        Ok(body) => format!("ok\n{body}\n"),
+        Err(e) => format!("error\n{e}\n"),
+    };
+    let _ = write.write_all(text.as_bytes()).await;
+}
+
+/// Client side: sends `command` and returns the reply body, or the daemon's error.
+pub async fn call(path: &PathBuf, command: &str) -> anyhow::Result<String> {
+    let mut stream = UnixStream::connect(path).await.with_context(|| {
+        format!(
+            "cannot reach tandemd at {} (is it running? is --socket right?)",
+            path.display()
+        )
+    })?;
+    stream.write_all(format!("{command}\n").as_bytes()).await?;
+    stream.shutdown().await?;
+    let mut reply = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut reply).await?;
+    match reply.split_once('\n') {
+        Some(("ok", body)) => Ok(body.trim_end().to_owned()),
+        Some(("error", body)) => anyhow::bail!("{}", body.trim_end()),
+        _ => anyhow::bail!("malformed reply from tandemd: {reply:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(Command::parse("status"), Ok(Command::Status));
+        assert_eq!(
+            Command::parse("terminate site-a"),
+            Ok(Command::Terminate("site-a".into()))
+        );
+        assert!(Command::parse("terminate").unwrap_err().contains("needs a connection"));
+        assert!(Command::parse("reboot").unwrap_err().contains("unknown command"));
+    }
+}

@@ -1,0 +1,186 @@
+//! Glue between the IKE endpoint's child SAs and the ESP SA database: installs
+//! and removes SAs as IKE reports them, and runs packets through ESP.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use tandem_esp::{Datagram, EspError, PacketBuf, SaParams, Sadb, Sealed, Selector, classify};
+use tandem_ike::endpoint::{ChildSa, IkeSaInfo};
+use tandem_ike::message::TrafficSelector;
+
+/// What a UDP-4500 datagram turned out to be.
+pub enum Decapsulated {
+    /// An IKE message at this range (after the non-ESP marker).
+    Ike(Range<usize>),
+    /// A decrypted inner IP packet at this range, for the TUN device.
+    Inner(Range<usize>),
+    /// A keepalive, a dummy packet, or a packet dropped (and counted) by ESP.
+    Nothing,
+}
+
+pub struct Dataplane {
+    sadb: Sadb,
+    /// Anti-replay window per connection, from config.
+    replay_windows: BTreeMap<String, u32>,
+    /// Reused packet buffers: sealing allocates nothing per packet.
+    bufs: Vec<PacketBuf>,
+    results: Vec<Result<Sealed, EspError>>,
+}
+
+impl Dataplane {
+    pub fn new(replay_windows: BTreeMap<String, u32>) -> Dataplane {
+        Dataplane {
+            sadb: Sadb::new(),
+            replay_windows,
+            bufs: Vec::new(),
+            results: Vec::new(),
+        }
+    }
+
+    pub fn install(&mut self, child: &ChildSa) -> Result<(), EspError> {
+        let window = self
+            .replay_windows
+            .get(&child.connection)
+            .copied()
+            .unwrap_or(1024);
+        self.sadb.install_inbound(
+            SaParams {
+                spi: child.inbound_spi,
+                encr: child.encr,
+                integ: child.integ,
+                encr_key: child.inbound_encr_key.clone(),
+                integ_key: child.inbound_integ_key.clone(),
+                esn: child.esn,
+            },
+            window,
+        )?;
+        let outbound = self.sadb.install_outbound(
+            SaParams {
+                spi: child.outbound_spi,
+                encr: child.encr,
+                integ: child.integ,
+                encr_key: child.outbound_encr_key.clone(),
+                integ_key: child.outbound_integ_key.clone(),
+                esn: child.esn,
+            },
+            child.local_ts.iter().map(selector).collect(),
+            child.remote_ts.iter().map(selector).collect(),
+            child.local,
+            child.remote,
+        );
+        if outbound.is_err() {
+            // Half an SA is worse than none: inbound-only would accept traffic
+            // we can never answer.
+            self.sadb.remove_inbound(child.inbound_spi);
+        }
+        outbound
+    }
+
+    pub fn remove(&mut self, inbound_spi: u32, outbound_spi: u32) {
+        self.sadb.remove_inbound(inbound_spi);
+        self.sadb.remove_outbound(outbound_spi);
+    }
+
+    /// Demultiplexes a UDP-4500 payload (RFC 3948) and decrypts ESP in place.
+    pub fn decapsulate(&mut self, data: &mut [u8]) -> Decapsulated {
+        let ike_start = match classify(data) {
+            Datagram::Ike(ike) => data.len() - ike.len(),
+            Datagram::Keepalive => return Decapsulated::Nothing,
+            Datagram::Esp => {
+                return match self.sadb.open(data) {
+                    // Next header 59: a dummy packet (RFC 4303 2.6), traffic-flow
+                    // confidentiality padding with nothing to deliver.
+                    Ok(opened) if opened.next_header == 59 => Decapsulated::Nothing,
+                    Ok(opened) => Decapsulated::Inner(opened.inner),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "inbound ESP dropped");
+                        Decapsulated::Nothing
+                    }
+                };
+            }
+        };
+        Decapsulated::Ike(ike_start..data.len())
+    }
+
+    /// Seals inner packets from the TUN device; returns how many buffers were
+    /// processed. Read the results back with [`Dataplane::sealed`].
+    pub fn encapsulate(&mut self, packets: &[Vec<u8>]) -> usize {
+        while self.bufs.len() < packets.len() {
+            self.bufs.push(PacketBuf::new());
+        }
+        let mut n = 0;
+        for packet in packets {
+            let buf = &mut self.bufs[n];
+            let area = buf.inner_mut();
+            // Longer than the TUN MTU allows: cannot happen with a sane device.
+            let Some(dst) = area.get_mut(..packet.len()) else {
+                continue;
+            };
+            dst.copy_from_slice(packet);
+            buf.set_inner_len(packet.len());
+            n += 1;
+        }
+        self.sadb.seal_batch(&mut self.bufs[..n], &mut self.results);
+        n
+    }
+
+    /// The `i`th result of the last [`Dataplane::encapsulate`]: where to send
+    /// which bytes, or `None` if that packet was dropped.
+    pub fn sealed(&self, i: usize) -> Option<(SocketAddr, SocketAddr, &[u8])> {
+        match self.results.get(i)? {
+            Ok(sealed) => Some((sealed.local, sealed.remote, self.bufs.get(i)?.data())),
+            Err(e) => {
+                tracing::trace!(error = %e, "outbound packet dropped");
+                None
+            }
+        }
+    }
+
+    /// Status of one IKE SA with its children's counters, for `tandemd ctl status`.
+    pub fn describe(&self, sa: IkeSaInfo) -> serde_json::Value {
+        let children: Vec<_> = sa
+            .children
+            .iter()
+            .map(|c| {
+                let stats = |s: Option<tandem_esp::SaStats>| {
+                    s.map(|s| {
+                        serde_json::json!({
+                            "packets": s.packets,
+                            "bytes": s.bytes,
+                            "replay_drops": s.replay_drops,
+                            "integrity_failures": s.integrity_failures,
+                            "highest_seq": s.highest_seq,
+                        })
+                    })
+                };
+                serde_json::json!({
+                    "inbound_spi": format!("{:08x}", c.inbound_spi),
+                    "outbound_spi": format!("{:08x}", c.outbound_spi),
+                    "proposal": c.proposal,
+                    "inbound": stats(self.sadb.inbound_stats(c.inbound_spi)),
+                    "outbound": stats(self.sadb.outbound_stats(c.outbound_spi)),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "connection": sa.connection,
+            "spi_i": format!("{:016x}", sa.spi_i),
+            "spi_r": format!("{:016x}", sa.spi_r),
+            "state": sa.state,
+            "initiator": sa.initiator,
+            "remote": sa.remote.to_string(),
+            "children": children,
+        })
+    }
+}
+
+fn selector(ts: &TrafficSelector) -> Selector {
+    Selector {
+        ip_protocol: ts.ip_protocol,
+        start_port: ts.start_port,
+        end_port: ts.end_port,
+        start: ts.start,
+        end: ts.end,
+    }
+}

@@ -1,0 +1,73 @@
+//! The inner side of the gateway: a TUN device carrying cleartext IP packets, and
+//! kernel routes that send each tunnel's remote prefixes into it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::Context as _;
+use futures::TryStreamExt as _;
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use tun_rs::{AsyncDevice, DeviceBuilder};
+
+/// Creates (or opens) the TUN device, up, with the given MTU.
+pub fn open(name: &str, mtu: u16) -> anyhow::Result<AsyncDevice> {
+    DeviceBuilder::new()
+        .name(name)
+        .mtu(mtu)
+        .build_async()
+        .with_context(|| format!("cannot create TUN device {name} (needs CAP_NET_ADMIN)"))
+}
+
+/// Routes inner prefixes into the TUN device through rtnetlink.
+#[derive(Debug)]
+pub struct Routes {
+    handle: rtnetlink::Handle,
+    ifindex: u32,
+}
+
+impl Routes {
+    pub async fn new(tun_name: &str) -> anyhow::Result<Routes> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().context("cannot open a netlink socket")?;
+        tokio::spawn(connection);
+        let link = handle
+            .link()
+            .get()
+            .match_name(tun_name.to_owned())
+            .execute()
+            .try_next()
+            .await
+            .with_context(|| format!("cannot look up link {tun_name}"))?
+            .with_context(|| format!("link {tun_name} not found"))?;
+        let ifindex = link.header.index;
+        // tun-rs brings the device up; make sure even if it was pre-created down.
+        handle
+            .link()
+            .set(LinkMessageBuilder::<LinkUnspec>::new().index(ifindex).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("cannot set {tun_name} up"))?;
+        Ok(Routes { handle, ifindex })
+    }
+
+    /// Adds (or replaces) a route for `prefix` into the TUN device. Replacing keeps
+    /// a restart idempotent: a route left by a previous run is taken over.
+    pub async fn add(&self, addr: IpAddr, len: u8) -> anyhow::Result<()> {
+        let msg = match addr {
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a, len)
+                .output_interface(self.ifindex)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(a, len)
+                .output_interface(self.ifindex)
+                .build(),
+        };
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("cannot add route {addr}/{len} into the TUN device"))
+    }
+}
