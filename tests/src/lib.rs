@@ -7,33 +7,35 @@
 //! Preconditions that are not met (not root, no strongSwan) fail the test with a
 //! message naming what is missing: a skipped real-peer test proves nothing.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 
 /// Real-peer tests share two cores; running them one at a time keeps their
-/// throughput and loss figures meaningful.
+/// throughput and loss figures meaningful (and the fixed iperf3 port free).
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Holds the process-wide lock for one real-peer test (poison is ignored: a
-/// failed test must not fail the ones after it).
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+/// Holds the process-wide lock for one real-peer test. Poison is ignored: a
+/// failed test must not fail the ones after it.
+pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+const CHARON: &str = "/usr/lib/ipsec/charon";
 
 /// Fails with a clear message unless this machine can run real-peer tests.
 pub fn require_environment() -> anyhow::Result<()> {
     let uid = run_output(Command::new("id").arg("-u"))?;
     ensure!(
         uid.trim() == "0",
-        "real-peer tests need root (network namespaces, TUN); run tests/run as root"
+        "real-peer tests need root (network namespaces, TUN): run tests/run, which re-runs itself with sudo"
     );
-    for tool in ["ip", "swanctl", "iperf3", "ping", "/usr/lib/ipsec/charon"] {
+    let mut missing = Vec::new();
+    for tool in ["ip", "swanctl", "iperf3", "ping", CHARON] {
         let found = if tool.starts_with('/') {
             Path::new(tool).exists()
         } else {
@@ -41,14 +43,20 @@ pub fn require_environment() -> anyhow::Result<()> {
                 .args(["-c", &format!("command -v {tool}")])
                 .stdout(Stdio::null())
                 .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
+                .is_ok_and(|s| s.success())
         };
-        ensure!(
-            found,
-            "{tool} is missing: tests/run installs it (strongSwan, iperf3, iputils-ping, iproute2)"
-        );
+        if !found {
+            missing.push(tool);
+        }
     }
+    ensure!(
+        missing.is_empty(),
+        "missing {missing:?}: tests/run installs them (apt-get install strongswan-swanctl \
+         strongswan-charon libcharon-extra-plugins libstrongswan-extra-plugins iperf3 \
+         iputils-ping iproute2)"
+    );
+    run_output(Command::new("ip").args(["netns", "list"]))
+        .context("`ip netns` does not work here: the real-peer tests need network namespaces")?;
     Ok(())
 }
 
@@ -58,12 +66,15 @@ fn run_output(cmd: &mut Command) -> anyhow::Result<String> {
         .with_context(|| format!("cannot run {cmd:?}"))?;
     ensure!(
         out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stderr).trim(),
+        String::from_utf8_lossy(&out.stdout).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A name unique on this machine: the pid tells which test run left it behind,
+/// should anything ever leak.
 fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     format!(
@@ -71,6 +82,38 @@ fn unique(prefix: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Polls `f` every 100 ms until it yields a value; fails after `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        ensure!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether a process with this pid exists (zombies included: a reaped child
+/// of ours is gone, an unreaped one would still count, which is what we want
+/// to catch).
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The last `lines` lines of `text`, for error messages.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// A scratch directory removed on drop.
@@ -92,11 +135,17 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // Failure messages carry the log tails; for a full post-mortem (or to
+        // look at a passing run) TANDEM_KEEP_LOGS=1 keeps every log.
+        if std::env::var_os("TANDEM_KEEP_LOGS").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
-/// A network namespace this test created.
+/// A network namespace this test created, deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
     name: String,
@@ -116,7 +165,7 @@ impl Netns {
         &self.name
     }
 
-    pub fn command(&self, args: &[&str]) -> Command {
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name]).args(args);
         cmd
@@ -127,15 +176,18 @@ impl Netns {
         run_output(&mut self.command(args))
     }
 
+    /// Runs a command in the namespace and returns whatever it did, exit status included.
     pub fn output(&self, args: &[&str]) -> anyhow::Result<Output> {
         self.command(args)
             .output()
             .with_context(|| format!("cannot run {args:?} in {}", self.name))
     }
 
-    /// Starts a long-running process in the namespace (killed by its guard).
+    /// Starts a long-running process in the namespace, stdout and stderr to `log`.
+    /// `ip netns exec` execs the command, so the pid is the program's own.
     pub fn spawn(&self, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
-        let file = std::fs::File::create(log)?;
+        let file = std::fs::File::create(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
         let child = self
             .command(args)
             .stdin(Stdio::null())
@@ -149,14 +201,14 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        // Anything still running inside (charon's helpers, a stray iperf3) would
-        // keep the namespace alive; kill it by PID first.
+        // Anything still running inside (a stray ping, a child of charon) would
+        // keep the namespace's devices alive; kill it by pid first.
         if let Ok(out) = Command::new("ip")
             .args(["netns", "pids", &self.name])
             .output()
         {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
             }
         }
         let _ = Command::new("ip")
@@ -165,7 +217,7 @@ impl Drop for Netns {
     }
 }
 
-/// A child process killed (TERM, then KILL) on drop.
+/// A child process, stopped (TERM, then KILL after 3 s) and reaped on drop.
 #[derive(Debug)]
 pub struct Proc {
     child: Child,
@@ -176,12 +228,12 @@ impl Proc {
         self.child.id()
     }
 
-    pub fn is_running(&mut self) -> bool {
+    fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits for it to exit; kills it after `timeout`.
-    pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    fn wait(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -189,34 +241,27 @@ impl Proc {
             }
             if start.elapsed() > timeout {
                 let _ = self.child.kill();
+                let _ = self.child.wait();
                 bail!("process {} did not exit within {timeout:?}", self.pid());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-
-    pub fn stop(&mut self) {
-        if !self.is_running() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(3) {
-            if !self.is_running() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.stop();
+        if self.is_running() {
+            // TERM first so charon and tandemd shut down as in production.
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.pid().to_string()])
+                .status();
+            if self.wait(Duration::from_secs(3)).is_ok() {
+                return;
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -224,10 +269,12 @@ impl Drop for Proc {
 /// (the gateway), each with an inner network on its loopback.
 #[derive(Debug)]
 pub struct SiteToSite {
-    // Field order is drop order: processes go before their namespaces.
-    pub dir: TempDir,
+    // Field order is drop order: the namespaces go before the directory that
+    // holds the logs of the processes inside them.
     pub peer: Netns,
     pub gw: Netns,
+    gw_veth: String,
+    pub dir: TempDir,
 }
 
 impl SiteToSite {
@@ -243,124 +290,154 @@ impl SiteToSite {
         let dir = TempDir::new()?;
         let peer = Netns::new()?;
         let gw = Netns::new()?;
-        let veth_gw = unique("vg");
-        let veth_peer = unique("vp");
+        // Interface names are per namespace, but the pair is created in the root
+        // namespace first, so they must be unique there too (15 chars max).
+        let n = unique("");
+        let gw_veth = format!("tg{n}");
+        let peer_veth = format!("tp{n}");
         run_output(Command::new("ip").args([
             "link",
             "add",
-            &veth_gw,
+            &gw_veth,
             "netns",
             gw.name(),
             "type",
             "veth",
             "peer",
             "name",
-            &veth_peer,
+            &peer_veth,
             "netns",
             peer.name(),
         ]))?;
         for (ns, dev, outer, inner) in [
-            (&gw, &veth_gw, Self::GW_OUTER, Self::GW_INNER),
-            (&peer, &veth_peer, Self::PEER_OUTER, Self::PEER_INNER),
+            (&gw, &gw_veth, Self::GW_OUTER, Self::GW_INNER),
+            (&peer, &peer_veth, Self::PEER_OUTER, Self::PEER_INNER),
         ] {
             ns.run(&["ip", "addr", "add", &format!("{outer}/24"), "dev", dev])?;
             ns.run(&["ip", "link", "set", dev, "up"])?;
             ns.run(&["ip", "addr", "add", &format!("{inner}/16"), "dev", "lo"])?;
-            ns.run(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"])?;
+            // Decrypted packets arrive on a TUN device with a source the kernel
+            // would route elsewhere: strict reverse-path filtering drops them.
+            for conf in ["all", "default", dev.as_str()] {
+                ns.run(&[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv4.conf.{conf}.rp_filter=0"),
+                ])?;
+            }
             ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         }
-        Ok(SiteToSite { dir, peer, gw })
+        Ok(SiteToSite {
+            peer,
+            gw,
+            gw_veth,
+            dir,
+        })
+    }
+
+    /// The peer side of a site-to-site tunnel with long lifetimes and no DPD;
+    /// `mirrored()` gives the gateway side.
+    pub fn tunnel(&self, name: &str, ike_proposal: &str, esp_proposal: &str) -> Tunnel {
+        Tunnel {
+            name: name.into(),
+            local_addr: Self::PEER_OUTER.into(),
+            remote_addr: Self::GW_OUTER.into(),
+            psk: format!("{name}-psk-0123456789abcdef"),
+            ike_proposal: ike_proposal.into(),
+            esp_proposal: esp_proposal.into(),
+            local_ts: Self::PEER_NET.into(),
+            remote_ts: Self::GW_NET.into(),
+            ike_rekey: Duration::from_secs(8 * 3600),
+            child_rekey: Duration::from_secs(3600),
+            dpd_delay: Duration::ZERO,
+            initiate: false,
+        }
+    }
+
+    /// Packets the gateway has sent on the outer segment, to tell whether its
+    /// dataplane still encrypts.
+    pub fn gw_outer_tx_packets(&self) -> anyhow::Result<u64> {
+        let path = format!("/sys/class/net/{}/statistics/tx_packets", self.gw_veth);
+        // `ip netns exec` mounts the namespace's own /sys.
+        Ok(self.gw.run(&["cat", &path])?.trim().parse()?)
     }
 }
 
-/// What a strongSwan connection should look like.
+/// One side of a tunnel, rendered as swanctl.conf for strongSwan or as a
+/// `[[connection]]` for tandemd.
 #[derive(Debug, Clone)]
-pub struct PeerConfig {
+pub struct Tunnel {
     pub name: String,
     pub local_addr: String,
     pub remote_addr: String,
     pub psk: String,
+    /// In strongSwan syntax, which tandemd accepts too.
     pub ike_proposal: String,
     pub esp_proposal: String,
     pub local_ts: String,
     pub remote_ts: String,
-    /// IKE SA rekey_time, e.g. "4h" or "20s".
-    pub ike_rekey: String,
-    /// Child SA rekey_time.
-    pub child_rekey: String,
-    pub dpd_delay: String,
+    /// When this side rekeys the IKE SA.
+    pub ike_rekey: Duration,
+    /// When this side rekeys the child SA.
+    pub child_rekey: Duration,
+    /// Zero: no DPD.
+    pub dpd_delay: Duration,
+    /// Initiate as soon as the configuration is loaded.
     pub initiate: bool,
 }
 
-/// A charon daemon in a namespace, driven through swanctl over its own vici socket.
-#[derive(Debug)]
-pub struct Charon {
-    proc: Proc,
-    dir: PathBuf,
-}
+impl Tunnel {
+    /// The other end of the same tunnel.
+    pub fn mirrored(&self) -> Tunnel {
+        Tunnel {
+            local_addr: self.remote_addr.clone(),
+            remote_addr: self.local_addr.clone(),
+            local_ts: self.remote_ts.clone(),
+            remote_ts: self.local_ts.clone(),
+            ..self.clone()
+        }
+    }
 
-impl Charon {
-    pub fn start(ns: &Netns, dir: &Path, conn: &PeerConfig) -> anyhow::Result<Charon> {
-        let dir = dir.join(unique("charon-"));
-        std::fs::create_dir_all(dir.join("run"))?;
-        let d = dir.display();
-        std::fs::write(
-            dir.join("strongswan.conf"),
-            format!(
-                "charon {{
-  load_modular = yes
-  install_routes = yes
-  plugins {{
-    include /etc/strongswan.d/charon/*.conf
-    kernel-libipsec {{ load = yes }}
-    vici {{ socket = unix://{d}/run/charon.vici }}
-  }}
-  filelog {{
-    main {{ path = {d}/charon.log
-      default = 1
-      ike = 2
-      chd = 2
-      esp = 0
-      cfg = 1
-      net = 1
-      knl = 1
-      time_format = %H:%M:%S
-    }}
-  }}
-}}
-"
-            ),
-        )?;
-        let rand = "rand_time = 0s";
-        let start = if conn.initiate { "start" } else { "none" };
-        std::fs::write(
-            dir.join("swanctl.conf"),
-            format!(
-                "connections {{
+    fn swanctl_conf(&self) -> String {
+        let secs = |d: Duration| format!("{}s", d.as_secs());
+        // Hard lifetimes a little above the rekey times: long enough for a
+        // rekey to finish, short enough that a rekey that never happens shows.
+        let over = |d: Duration| secs((d / 10).max(Duration::from_secs(3)));
+        let child_life =
+            secs(self.child_rekey + (self.child_rekey / 10).max(Duration::from_secs(3)));
+        let start = if self.initiate { "start" } else { "none" };
+        format!(
+            "connections {{
   {name} {{
     version = 2
     local_addrs = {la}
     remote_addrs = {ra}
+    # ESP in UDP 4500 even without NAT: what Tandem's dataplane speaks.
     encap = yes
     mobike = no
     fragmentation = no
     proposals = {ikep}
-    rekey_time = {ikerk}
-    over_time = 10s
-    {rand}
+    rekey_time = {ike_rekey}
+    over_time = {ike_over}
+    # No jitter: the tests time their rekey phase to the configured values.
+    rand_time = 0s
     dpd_delay = {dpd}
-    local {{ auth = psk
-      id = {la} }}
-    remote {{ auth = psk
-      id = {ra} }}
+    local {{
+      auth = psk
+      id = {la}
+    }}
+    remote {{
+      auth = psk
+      id = {ra}
+    }}
     children {{
       {name} {{
         local_ts = {lts}
         remote_ts = {rts}
         esp_proposals = {espp}
-        rekey_time = {chrk}
-        {rand}
-        dpd_action = clear
+        rekey_time = {child_rekey}
+        life_time = {child_life}
+        rand_time = 0s
         start_action = {start}
       }}
     }}
@@ -374,72 +451,182 @@ secrets {{
   }}
 }}
 ",
-                name = conn.name,
-                la = conn.local_addr,
-                ra = conn.remote_addr,
-                ikep = conn.ike_proposal,
-                ikerk = conn.ike_rekey,
-                dpd = conn.dpd_delay,
-                lts = conn.local_ts,
-                rts = conn.remote_ts,
-                espp = conn.esp_proposal,
-                chrk = conn.child_rekey,
-                psk = conn.psk,
+            name = self.name,
+            la = self.local_addr,
+            ra = self.remote_addr,
+            ikep = self.ike_proposal,
+            ike_rekey = secs(self.ike_rekey),
+            ike_over = over(self.ike_rekey),
+            dpd = secs(self.dpd_delay),
+            lts = self.local_ts,
+            rts = self.remote_ts,
+            espp = self.esp_proposal,
+            child_rekey = secs(self.child_rekey),
+            psk = self.psk,
+        )
+    }
+
+    fn tandemd_conf(&self, control_socket: &Path) -> String {
+        let secs = |d: Duration| format!("\"{}s\"", d.as_secs());
+        // tandemd has no "DPD off" value; a day is off for any test.
+        let dpd = if self.dpd_delay.is_zero() {
+            Duration::from_secs(86_400)
+        } else {
+            self.dpd_delay
+        };
+        format!(
+            "[node]
+name = \"gw1\"
+control_socket = \"{sock}\"
+
+[ike]
+listen = [\"{la}\"]
+
+[tun]
+name = \"tandem0\"
+mtu = 1400
+
+[[connection]]
+name = \"{name}\"
+local_addr = \"{la}\"
+remote_addr = \"{ra}\"
+local_id = \"{la}\"
+remote_id = \"{ra}\"
+psk = \"{psk}\"
+ike_proposals = [\"{ikep}\"]
+esp_proposals = [\"{espp}\"]
+local_ts = [\"{lts}\"]
+remote_ts = [\"{rts}\"]
+ike_lifetime = {ike}
+child_lifetime = {child}
+dpd_delay = {dpd}
+initiate = {init}
+",
+            sock = control_socket.display(),
+            name = self.name,
+            la = self.local_addr,
+            ra = self.remote_addr,
+            psk = self.psk,
+            ikep = self.ike_proposal,
+            espp = self.esp_proposal,
+            lts = self.local_ts,
+            rts = self.remote_ts,
+            ike = secs(self.ike_rekey),
+            child = secs(self.child_rekey),
+            dpd = secs(dpd),
+            init = self.initiate,
+        )
+    }
+}
+
+/// A charon daemon in a namespace, driven through swanctl over its own vici socket.
+#[derive(Debug)]
+pub struct Charon {
+    proc: Proc,
+    dir: PathBuf,
+}
+
+impl Charon {
+    /// Starts charon in `ns` with one connection, `tunnel`, loaded.
+    pub fn start(ns: &Netns, dir: &Path, tunnel: &Tunnel) -> anyhow::Result<Charon> {
+        let dir = dir.join(unique("charon-"));
+        std::fs::create_dir_all(dir.join("run"))?;
+        let d = dir.display();
+        // The kernel here has no ESP xfrm: kernel-libipsec does ESP in userspace
+        // (and logs as "esp"). Log levels: enough to see every exchange and
+        // every SA change without drowning in per-packet lines.
+        std::fs::write(
+            dir.join("strongswan.conf"),
+            format!(
+                "charon {{
+  load_modular = yes
+  install_routes = yes
+  plugins {{
+    include /etc/strongswan.d/charon/*.conf
+    kernel-libipsec {{
+      load = yes
+    }}
+    vici {{
+      socket = unix://{d}/run/charon.vici
+    }}
+  }}
+  filelog {{
+    main {{
+      path = {d}/charon.log
+      time_format = %H:%M:%S
+      default = 1
+      ike = 2
+      chd = 2
+      esp = 2
+      knl = 1
+      cfg = 1
+      net = 1
+    }}
+  }}
+}}
+"
             ),
         )?;
+        std::fs::write(dir.join("swanctl.conf"), tunnel.swanctl_conf())?;
         // charon insists on /run for its pid file and sockets: give each instance
         // its own through a private mount namespace (the mount dies with it).
         let script = format!(
-            "mount --bind {d}/run /run && STRONGSWAN_CONF={d}/strongswan.conf exec /usr/lib/ipsec/charon"
+            "mount --bind {d}/run /run && STRONGSWAN_CONF={d}/strongswan.conf exec {CHARON}"
         );
         let proc = ns.spawn(
             &["setsid", "unshare", "-m", "sh", "-c", &script],
             &dir.join("charon.out"),
         )?;
-        let swanctl_conf = format!("{d}/swanctl.conf");
         let charon = Charon { proc, dir };
-        charon.wait_for_vici()?;
-        charon.swanctl(&["--load-all", "--file", &swanctl_conf])?;
+        wait_for("charon's vici socket", Duration::from_secs(10), || {
+            Ok(charon.swanctl(&["--stats"]).is_ok().then_some(()))
+        })
+        .with_context(|| format!("charon output:\n{}", charon.output_and_log()))?;
+        let conf = charon.dir.join("swanctl.conf");
+        charon.swanctl(&["--load-all", "--file", &conf.to_string_lossy()])?;
         Ok(charon)
     }
 
-    fn wait_for_vici(&self) -> anyhow::Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if self.swanctl(&["--stats"]).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("charon did not open its vici socket; log:\n{}", self.log())
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
     }
 
-    pub fn swanctl(&self, args: &[&str]) -> anyhow::Result<String> {
+    fn swanctl(&self, args: &[&str]) -> anyhow::Result<String> {
         let uri = format!("unix://{}/run/charon.vici", self.dir.display());
-        // swanctl takes --uri as an option of each command, so it goes after it.
+        // --uri is an option of each swanctl command, so it goes after it.
         run_output(Command::new("swanctl").args(args).arg("--uri").arg(uri))
     }
 
+    /// Initiates the child SA `child` (and its IKE SA) and waits for the result.
     pub fn initiate(&self, child: &str) -> anyhow::Result<()> {
         self.swanctl(&["--initiate", "--child", child, "--timeout", "15"])
             .map(drop)
-            .with_context(|| {
-                format!(
-                    "strongSwan could not initiate; log tail:\n{}",
-                    self.log_tail(40)
-                )
-            })
+            .with_context(|| format!("strongSwan could not initiate; log:\n{}", self.log_tail(40)))
     }
 
+    /// Deletes the IKE SA of connection `name` (sends the DELETE, waits for the reply).
     pub fn terminate_ike(&self, name: &str) -> anyhow::Result<()> {
         self.swanctl(&["--terminate", "--ike", name, "--timeout", "10"])
             .map(drop)
     }
 
-    /// The IKE SAs as swanctl's raw `--list-sas --raw` text is awkward to parse;
-    /// the default listing is stable enough for what the tests need.
     pub fn sas(&self) -> anyhow::Result<Vec<PeerIkeSa>> {
         Ok(parse_list_sas(&self.swanctl(&["--list-sas"])?))
+    }
+
+    /// The established IKE SA with an installed child, if there is one.
+    pub fn established(&self) -> anyhow::Result<Option<PeerIkeSa>> {
+        Ok(self.sas()?.into_iter().find(|sa| {
+            sa.state == "ESTABLISHED" && sa.children.iter().any(|c| c.state == "INSTALLED")
+        }))
+    }
+
+    /// Waits up to 15 s for `established()`.
+    pub fn wait_established(&self) -> anyhow::Result<PeerIkeSa> {
+        wait_for("an established tunnel", Duration::from_secs(15), || {
+            self.established()
+        })
+        .with_context(|| format!("strongSwan log:\n{}", self.log_tail(40)))
     }
 
     pub fn log(&self) -> String {
@@ -447,19 +634,45 @@ secrets {{
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.log(), lines)
     }
 
-    pub fn is_running(&mut self) -> bool {
-        self.proc.is_running()
+    fn output_and_log(&self) -> String {
+        let out = std::fs::read_to_string(self.dir.join("charon.out")).unwrap_or_default();
+        format!("{}\n{}", tail(&out, 20), self.log_tail(20))
+    }
+}
+
+/// DPD exchanges (empty INFORMATIONAL, `[ ]`) in a charon log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DpdCount {
+    /// Our DPD requests the other side answered.
+    pub answered_by_remote: usize,
+    /// The other side's DPD requests we answered.
+    pub answered_locally: usize,
+}
+
+/// Counts DPD exchanges in a charon log (`ike = 2` logs each message's payloads;
+/// an INFORMATIONAL without payloads is a liveness check, RFC 7296 2.4).
+pub fn dpd_count(log: &str) -> DpdCount {
+    let empty = |kind: &str, line: &str| line.contains(kind) && line.trim_end().ends_with("[ ]");
+    DpdCount {
+        answered_by_remote: log
+            .lines()
+            .filter(|l| empty("parsed INFORMATIONAL response", l))
+            .count(),
+        answered_locally: log
+            .lines()
+            .filter(|l| empty("generating INFORMATIONAL response", l))
+            .count(),
     }
 }
 
 /// One IKE SA as strongSwan lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIkeSa {
+    pub name: String,
+    /// charon's `#N`: a new IKE SA, rekeyed ones included, gets a new one.
     pub unique_id: u32,
     pub state: String,
     pub spi_i: String,
@@ -470,10 +683,14 @@ pub struct PeerIkeSa {
 /// One child SA as strongSwan lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerChildSa {
+    /// charon's `#N` for the child: each rekey makes a new one.
+    pub unique_id: u32,
     pub state: String,
     pub spi_in: String,
     pub spi_out: String,
+    pub bytes_in: u64,
     pub packets_in: u64,
+    pub bytes_out: u64,
     pub packets_out: u64,
 }
 
@@ -487,63 +704,67 @@ pub struct PeerChildSa {
 ///     out c7654321,    840 bytes,    10 packets,     0s ago
 /// ```
 pub fn parse_list_sas(text: &str) -> Vec<PeerIkeSa> {
+    let id = |field: &str| {
+        field
+            .rsplit('#')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    // "840 bytes" -> 840, looked up by the unit that follows the number.
+    let count = |words: &[&str], unit: &str| {
+        words
+            .windows(2)
+            .find(|w| w[1].trim_end_matches(',') == unit)
+            .and_then(|w| w[0].parse().ok())
+            .unwrap_or(0)
+    };
     let mut sas: Vec<PeerIkeSa> = Vec::new();
     for line in text.lines() {
         let indent = line.len() - line.trim_start().len();
         let t = line.trim();
         let fields: Vec<&str> = t.split(',').map(str::trim).collect();
-        if indent == 0 && t.contains(", IKEv2, ") {
-            let id = fields[0]
-                .split('#')
-                .nth(1)
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            let mut spis = fields
-                .get(3)
-                .copied()
-                .unwrap_or_default()
-                .split_whitespace();
-            let clean = |s: &str| {
-                s.trim_end_matches(['*'])
+        let field = |i: usize| fields.get(i).copied().unwrap_or_default();
+        if indent == 0 && field(2) == "IKEv2" {
+            let (name, unique) = field(0).split_once(':').unwrap_or_default();
+            let mut spis = field(3).split_whitespace().map(|s| {
+                s.trim_end_matches('*')
                     .trim_end_matches("_i")
                     .trim_end_matches("_r")
-                    .to_owned()
-            };
+            });
             sas.push(PeerIkeSa {
-                unique_id: id,
-                state: fields.get(1).copied().unwrap_or_default().to_owned(),
-                spi_i: clean(spis.next().unwrap_or_default()),
-                spi_r: clean(spis.next().unwrap_or_default()),
+                name: name.to_owned(),
+                unique_id: id(unique),
+                state: field(1).to_owned(),
+                spi_i: spis.next().unwrap_or_default().to_owned(),
+                spi_r: spis.next().unwrap_or_default().to_owned(),
                 children: Vec::new(),
             });
         } else if let Some(sa) = sas.last_mut() {
-            if t.contains(", reqid ") {
+            if field(1).starts_with("reqid ") {
                 sa.children.push(PeerChildSa {
-                    state: fields.get(2).copied().unwrap_or_default().to_owned(),
+                    unique_id: id(field(0)),
+                    state: field(2).to_owned(),
                     spi_in: String::new(),
                     spi_out: String::new(),
+                    bytes_in: 0,
                     packets_in: 0,
+                    bytes_out: 0,
                     packets_out: 0,
                 });
             } else if let Some(child) = sa.children.last_mut() {
                 let words: Vec<&str> = t.split_whitespace().collect();
-                let packets = || {
-                    words
-                        .iter()
-                        .position(|w| w.starts_with("packets"))
-                        .and_then(|i| words.get(i - 1))
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(0)
-                };
+                let spi = || words.get(1).unwrap_or(&"").trim_end_matches(',').to_owned();
                 match words.first() {
                     Some(&"in") => {
-                        child.spi_in = words.get(1).unwrap_or(&"").trim_end_matches(',').to_owned();
-                        child.packets_in = packets();
+                        child.spi_in = spi();
+                        child.bytes_in = count(&words, "bytes");
+                        child.packets_in = count(&words, "packets");
                     }
                     Some(&"out") => {
-                        child.spi_out =
-                            words.get(1).unwrap_or(&"").trim_end_matches(',').to_owned();
-                        child.packets_out = packets();
+                        child.spi_out = spi();
+                        child.bytes_out = count(&words, "bytes");
+                        child.packets_out = count(&words, "packets");
                     }
                     _ => {}
                 }
@@ -562,8 +783,9 @@ pub struct Tandemd {
 }
 
 impl Tandemd {
-    /// The tandemd binary built beside this test executable.
-    pub fn binary() -> anyhow::Result<PathBuf> {
+    /// The tandemd binary built beside this test executable
+    /// (target/<profile>/deps/<test> -> target/<profile>/tandemd).
+    fn binary() -> anyhow::Result<PathBuf> {
         let exe = std::env::current_exe()?;
         let profile_dir = exe
             .parent()
@@ -578,21 +800,16 @@ impl Tandemd {
         Ok(bin)
     }
 
-    /// Starts tandemd with `config` (TOML; `control_socket` is appended to `[node]`
-    /// by this function) and waits until it is ready.
-    pub fn start(ns: &Netns, dir: &Path, config: &str) -> anyhow::Result<Tandemd> {
+    /// Starts tandemd in `ns` with one connection, `tunnel`, and waits until it
+    /// logs that it is ready.
+    pub fn start(ns: &Netns, dir: &Path, tunnel: &Tunnel) -> anyhow::Result<Tandemd> {
+        let bin = Self::binary()?;
         let dir = dir.join(unique("tandemd-"));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("tandemd.sock");
-        let config = config.replacen(
-            "[node]\n",
-            &format!("[node]\ncontrol_socket = \"{}\"\n", socket.display()),
-            1,
-        );
-        let config_path = dir.join("tandemd.toml");
-        std::fs::write(&config_path, config)?;
+        let config = dir.join("tandemd.toml");
+        std::fs::write(&config, tunnel.tandemd_conf(&socket))?;
         let log = dir.join("tandemd.log");
-        let bin = Self::binary()?;
         let proc = ns.spawn(
             &[
                 &bin.to_string_lossy(),
@@ -600,32 +817,31 @@ impl Tandemd {
                 "tandem_ike=debug,tandem_gateway=debug,info",
                 "run",
                 "--config",
-                &config_path.to_string_lossy(),
+                &config.to_string_lossy(),
             ],
             &log,
         )?;
         let mut tandemd = Tandemd { proc, socket, log };
-        let start = Instant::now();
-        while !tandemd.log().contains("tandemd ready") {
+        wait_for("tandemd ready", Duration::from_secs(10), || {
             ensure!(
                 tandemd.proc.is_running(),
                 "tandemd exited early; log:\n{}",
                 tandemd.log()
             );
-            ensure!(
-                start.elapsed() < Duration::from_secs(10),
-                "tandemd not ready after 10 s; log:\n{}",
-                tandemd.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            Ok(tandemd.log().contains("tandemd ready").then_some(()))
+        })
+        .with_context(|| format!("tandemd log:\n{}", tandemd.log_tail(40)))?;
         Ok(tandemd)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// `tandemd ctl --socket SOCKET args...`; fails unless it exits 0.
     pub fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let bin = Self::binary()?;
         run_output(
-            Command::new(bin)
+            Command::new(Self::binary()?)
                 .arg("ctl")
                 .arg("--socket")
                 .arg(&self.socket)
@@ -633,12 +849,19 @@ impl Tandemd {
         )
     }
 
+    /// `ctl status` as JSON: `{"ike_sas": [{"connection", "spi_i", "spi_r",
+    /// "state", "children": [{"inbound_spi", "outbound_spi", ...}]}]}`.
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_str(&self.ctl(&["status"])?)?)
+        let text = self.ctl(&["status"])?;
+        serde_json::from_str(&text).with_context(|| format!("status is not JSON: {text}"))
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log(), lines)
     }
 }
 
@@ -653,17 +876,20 @@ impl PingStats {
     pub fn lost(&self) -> u32 {
         self.sent.saturating_sub(self.received)
     }
+
+    /// Lost fraction in percent.
+    pub fn loss_percent(&self) -> f64 {
+        if self.sent == 0 {
+            return 100.0;
+        }
+        f64::from(self.lost()) * 100.0 / f64::from(self.sent)
+    }
 }
 
-/// Pings `dst` from `src` inside `ns`: `count` echo requests every `interval`.
-pub fn ping(
-    ns: &Netns,
-    src: &str,
-    dst: &str,
-    count: u32,
-    interval: Duration,
-) -> anyhow::Result<PingStats> {
-    let out = ns.output(&[
+fn ping_args(src: &str, dst: &str, count: u32, interval: Duration) -> Vec<String> {
+    // As root, iputils allows intervals below 0.2 s; -W 1 bounds the wait for
+    // the last replies so a dead tunnel fails fast.
+    [
         "ping",
         "-q",
         "-n",
@@ -676,7 +902,22 @@ pub fn ping(
         "-W",
         "1",
         dst,
-    ])?;
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Pings `dst` from `src` inside `ns`: `count` echo requests every `interval`.
+pub fn ping(
+    ns: &Netns,
+    src: &str,
+    dst: &str,
+    count: u32,
+    interval: Duration,
+) -> anyhow::Result<PingStats> {
+    let args = ping_args(src, dst, count, interval);
+    let out = ns.output(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    // ping exits 1 when replies are missing; the counts say how many.
     parse_ping(&String::from_utf8_lossy(&out.stdout))
 }
 
@@ -697,26 +938,12 @@ impl BackgroundPing {
         interval: Duration,
     ) -> anyhow::Result<BackgroundPing> {
         let log = dir.join(unique("ping-"));
-        let proc = ns.spawn(
-            &[
-                "ping",
-                "-q",
-                "-n",
-                "-I",
-                src,
-                "-c",
-                &count.to_string(),
-                "-i",
-                &format!("{:.3}", interval.as_secs_f64()),
-                "-W",
-                "1",
-                dst,
-            ],
-            &log,
-        )?;
+        let args = ping_args(src, dst, count, interval);
+        let proc = ns.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>(), &log)?;
         Ok(BackgroundPing { proc, log })
     }
 
+    /// Waits for the ping to finish (at most `timeout`) and returns its counts.
     pub fn finish(mut self, timeout: Duration) -> anyhow::Result<PingStats> {
         self.proc.wait(timeout)?;
         parse_ping(&std::fs::read_to_string(&self.log)?)
@@ -724,16 +951,17 @@ impl BackgroundPing {
 }
 
 fn parse_ping(text: &str) -> anyhow::Result<PingStats> {
-    // "200 packets transmitted, 200 received, 0% packet loss, time 2010ms"
+    // "200 packets transmitted, 198 received, +2 errors, 1% packet loss, time 2010ms"
     let line = text
         .lines()
         .find(|l| l.contains("packets transmitted"))
         .with_context(|| format!("no ping summary in:\n{text}"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
     let num = |word: &str| -> anyhow::Result<u32> {
-        let words: Vec<&str> = line.split_whitespace().collect();
         let i = words
             .iter()
             .position(|w| w.trim_end_matches(',') == word)
+            .filter(|&i| i > 0)
             .with_context(|| format!("no {word:?} in {line:?}"))?;
         Ok(words[i - 1].parse()?)
     };
@@ -743,8 +971,8 @@ fn parse_ping(text: &str) -> anyhow::Result<PingStats> {
     })
 }
 
-/// Runs an iperf3 server in `server_ns` on `server_addr` and a client in
-/// `client_ns` for `secs`; returns the receiver's Mbit/s.
+/// TCP throughput from `client_addr` in `client_ns` to an iperf3 server on
+/// `server_addr` in `server_ns`, over `secs` seconds; returns the receiver's Mbit/s.
 pub fn iperf3(
     server_ns: &Netns,
     server_addr: &str,
@@ -754,13 +982,14 @@ pub fn iperf3(
     dir: &Path,
 ) -> anyhow::Result<f64> {
     let port = "5201";
+    // -1: serve one client and exit; dropped (killed) at the end either way.
     let _server = server_ns.spawn(
         &["iperf3", "-s", "-1", "-B", server_addr, "-p", port],
         &dir.join(unique("iperf3-server-")),
     )?;
-    let mut last_err = None;
-    // The server needs a moment to listen; retry the connect briefly.
-    for _ in 0..20 {
+    let mut last_err = String::new();
+    // The server needs a moment to listen: retry the connect briefly.
+    for _ in 0..30 {
         let out = client_ns.output(&[
             "iperf3",
             "-c",
@@ -773,28 +1002,25 @@ pub fn iperf3(
             &secs.to_string(),
             "-J",
         ])?;
+        let json: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
         if out.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-            let bps = v["end"]["sum_received"]["bits_per_second"]
-                .as_f64()
-                .context("iperf3 JSON without end.sum_received")?;
+            let bps = json
+                .as_ref()
+                .and_then(|v| v["end"]["sum_received"]["bits_per_second"].as_f64())
+                .with_context(|| {
+                    format!(
+                        "iperf3 JSON without end.sum_received.bits_per_second:\n{}",
+                        String::from_utf8_lossy(&out.stdout)
+                    )
+                })?;
             return Ok(bps / 1e6);
         }
-        last_err = Some(String::from_utf8_lossy(&out.stdout).into_owned());
+        last_err = json
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned());
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("iperf3 client failed: {}", last_err.unwrap_or_default())
-}
-
-/// A short text report line collected by a test and printed at the end.
-#[derive(Debug, Default)]
-pub struct Report(String);
-
-impl Report {
-    pub fn line(&mut self, text: impl std::fmt::Display) {
-        let _ = writeln!(self.0, "{text}");
-        println!("{text}");
-    }
+    bail!("iperf3 {client_addr} -> {server_addr} failed: {last_err}")
 }
 
 #[cfg(test)]
@@ -804,35 +1030,61 @@ mod tests {
     #[test]
     fn parses_swanctl_list_sas() {
         let text = "\
-site-a: #1, ESTABLISHED, IKEv2, 0123456789abcdef_i* fedcba9876543210_r
+site-a: #3, ESTABLISHED, IKEv2, 0123456789abcdef_i* fedcba9876543210_r
   local  '192.0.2.2' @ 192.0.2.2[4500]
   remote '192.0.2.1' @ 192.0.2.1[4500]
   AES_GCM_16-256/PRF_HMAC_SHA2_256/CURVE_25519
   established 5s ago, rekeying in 3h
-  site-a: #2, reqid 1, INSTALLED, TUNNEL-in-UDP, ESP:AES_GCM_16-256
+  site-a: #12, reqid 1, INSTALLED, TUNNEL-in-UDP, ESP:AES_GCM_16-256
     installed 5s ago, rekeying in 54m, expires in 60m
     in  c1234567,    840 bytes,    10 packets,     0s ago
-    out c7654321,    1680 bytes,    20 packets,     0s ago
+    out c7654321,   1680 bytes,    20 packets,     0s ago
     local  10.1.0.0/16
     remote 10.2.0.0/16
+  site-a: #13, reqid 1, INSTALLED, TUNNEL-in-UDP, ESP:AES_GCM_16-256
+    installed 1s ago, rekeying in 54m, expires in 60m
+    in  c2234567,      0 bytes,     0 packets
+    out c8654321,      0 bytes,     0 packets
 ";
         let sas = parse_list_sas(text);
         assert_eq!(sas.len(), 1);
-        assert_eq!(sas[0].unique_id, 1);
-        assert_eq!(sas[0].state, "ESTABLISHED");
-        assert_eq!(sas[0].spi_i, "0123456789abcdef");
-        assert_eq!(sas[0].spi_r, "fedcba9876543210");
-        let c = &sas[0].children[0];
+        let sa = &sas[0];
         assert_eq!(
-            (c.state.as_str(), c.spi_in.as_str(), c.spi_out.as_str()),
-            ("INSTALLED", "c1234567", "c7654321")
+            (sa.name.as_str(), sa.unique_id, sa.state.as_str()),
+            ("site-a", 3, "ESTABLISHED")
         );
-        assert_eq!((c.packets_in, c.packets_out), (10, 20));
+        assert_eq!(
+            (sa.spi_i.as_str(), sa.spi_r.as_str()),
+            ("0123456789abcdef", "fedcba9876543210")
+        );
+        assert_eq!(sa.children.len(), 2);
+        let c = &sa.children[0];
+        assert_eq!(
+            (
+                c.unique_id,
+                c.state.as_str(),
+                c.spi_in.as_str(),
+                c.spi_out.as_str()
+            ),
+            (12, "INSTALLED", "c1234567", "c7654321")
+        );
+        assert_eq!(
+            (c.bytes_in, c.packets_in, c.bytes_out, c.packets_out),
+            (840, 10, 1680, 20)
+        );
+        assert_eq!(
+            (sa.children[1].unique_id, sa.children[1].spi_in.as_str()),
+            (13, "c2234567")
+        );
     }
 
     #[test]
     fn parses_ping_summary() {
-        let s = parse_ping("--- 10.2.0.1 ping statistics ---\n200 packets transmitted, 198 received, 1% packet loss, time 2010ms\n").unwrap();
+        let s = parse_ping(
+            "--- 10.2.0.1 ping statistics ---\n\
+             200 packets transmitted, 198 received, +2 errors, 1% packet loss, time 2010ms\n",
+        )
+        .unwrap();
         assert_eq!(
             s,
             PingStats {
@@ -841,5 +1093,25 @@ site-a: #1, ESTABLISHED, IKEv2, 0123456789abcdef_i* fedcba9876543210_r
             }
         );
         assert_eq!(s.lost(), 2);
+        assert!((s.loss_percent() - 1.0).abs() < 1e-9);
+        assert!(parse_ping("connect: Network is unreachable\n").is_err());
+    }
+
+    #[test]
+    fn counts_dpd_exchanges_only() {
+        let log = "\
+10:00:01 14[ENC] <h|1> generating INFORMATIONAL request 2 [ ]
+10:00:01 15[ENC] <h|1> parsed INFORMATIONAL response 2 [ ]
+10:00:02 16[ENC] <h|1> parsed INFORMATIONAL request 0 [ ]
+10:00:02 16[ENC] <h|1> generating INFORMATIONAL response 0 [ ]
+10:00:03 05[ENC] <h|1> parsed INFORMATIONAL response 3 [ D ]
+";
+        assert_eq!(
+            dpd_count(log),
+            DpdCount {
+                answered_by_remote: 1,
+                answered_locally: 1
+            }
+        );
     }
 }

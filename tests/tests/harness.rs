@@ -1,71 +1,130 @@
 //! Proves the real-peer harness itself: two stock strongSwans through it, so a
 //! failure in the Tandem interop tests points at Tandem, not at the plumbing.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tandem_tests::{Charon, PeerConfig, SiteToSite, iperf3, ping, serial};
+use anyhow::ensure;
+use tandem_tests::{BackgroundPing, Charon, SiteToSite, iperf3, pid_alive, ping, serial};
 
 #[test]
 fn strongswan_to_strongswan_through_the_harness() -> anyhow::Result<()> {
     let _serial = serial();
+    let started = Instant::now();
     let net = SiteToSite::new()?;
-    let base = PeerConfig {
-        name: "h".into(),
-        local_addr: SiteToSite::PEER_OUTER.into(),
-        remote_addr: SiteToSite::GW_OUTER.into(),
-        psk: "harness-test-secret-0123".into(),
-        ike_proposal: "aes256gcm16-prfsha256-curve25519".into(),
-        esp_proposal: "aes256gcm16".into(),
-        local_ts: SiteToSite::PEER_NET.into(),
-        remote_ts: SiteToSite::GW_NET.into(),
-        ike_rekey: "4h".into(),
-        child_rekey: "6s".into(),
-        dpd_delay: "0s".into(),
-        initiate: false,
-    };
-    let gw_side = PeerConfig {
-        local_addr: SiteToSite::GW_OUTER.into(),
-        remote_addr: SiteToSite::PEER_OUTER.into(),
-        local_ts: SiteToSite::GW_NET.into(),
-        remote_ts: SiteToSite::PEER_NET.into(),
-        child_rekey: "1h".into(),
-        ..base.clone()
-    };
-    let _gw = Charon::start(&net.gw, net.dir.path(), &gw_side)?;
-    let peer = Charon::start(&net.peer, net.dir.path(), &base)?;
-    peer.initiate("h")?;
+    let names = [net.peer.name().to_owned(), net.gw.name().to_owned()];
+    let mut peer_side = net.tunnel("h", "aes256gcm16-prfsha256-curve25519", "aes256gcm16");
+    // The peer drives a child rekey and an IKE rekey inside the test's ~15 s.
+    peer_side.child_rekey = Duration::from_secs(5);
+    peer_side.ike_rekey = Duration::from_secs(9);
+    peer_side.initiate = true;
+    let mut gw_side = peer_side.mirrored();
+    gw_side.child_rekey = Duration::from_secs(3600);
+    gw_side.ike_rekey = Duration::from_secs(8 * 3600);
+    gw_side.initiate = false;
+    // The responder first, so the initiator's first IKE_SA_INIT is answered.
+    let gw = Charon::start(&net.gw, net.dir.path(), &gw_side)?;
+    let peer = Charon::start(&net.peer, net.dir.path(), &peer_side)?;
+    let pids = [gw.pid(), peer.pid()];
+    let first = peer.wait_established()?;
 
-    let p = ping(
-        &net.peer,
-        SiteToSite::PEER_INNER,
-        SiteToSite::GW_INNER,
-        50,
-        Duration::from_millis(10),
-    )?;
-    assert_eq!(
-        p.lost(),
-        0,
-        "ping through strongSwan<->strongSwan lost packets"
-    );
+    for (ns, src, dst) in [
+        (&net.peer, SiteToSite::PEER_INNER, SiteToSite::GW_INNER),
+        (&net.gw, SiteToSite::GW_INNER, SiteToSite::PEER_INNER),
+    ] {
+        let p = ping(ns, src, dst, 100, Duration::from_millis(10))?;
+        ensure!(
+            p.lost() == 0,
+            "ping {src} -> {dst} lost {} of {}",
+            p.lost(),
+            p.sent
+        );
+    }
     let up = iperf3(
         &net.gw,
         SiteToSite::GW_INNER,
         &net.peer,
         SiteToSite::PEER_INNER,
-        2,
+        3,
         net.dir.path(),
     )?;
-    println!("strongSwan<->strongSwan iperf3 peer->gw: {up:.0} Mbit/s");
+    let down = iperf3(
+        &net.peer,
+        SiteToSite::PEER_INNER,
+        &net.gw,
+        SiteToSite::GW_INNER,
+        3,
+        net.dir.path(),
+    )?;
+    println!("strongSwan<->strongSwan iperf3: peer->gw {up:.0} Mbit/s, gw->peer {down:.0} Mbit/s");
 
-    let first = peer.sas()?[0].children[0].spi_in.clone();
-    std::thread::sleep(Duration::from_secs(8));
-    let sas = peer.sas()?;
-    assert!(
-        sas[0].children.iter().all(|c| c.spi_in != first),
-        "child SA was not rekeyed after its 6 s rekey_time: {sas:?}\n{}",
-        peer.log_tail(30)
+    // Keep traffic flowing until both rekeys are due, then look at the SAs.
+    let bg = BackgroundPing::start(
+        &net.peer,
+        net.dir.path(),
+        SiteToSite::PEER_INNER,
+        SiteToSite::GW_INNER,
+        300,
+        Duration::from_millis(10),
+    )?;
+    let p = bg.finish(Duration::from_secs(20))?;
+    let after = peer.wait_established()?;
+    println!(
+        "rekey phase: lost {} of {}; IKE SA #{} {}/{} -> #{} {}/{}; children {:?} -> {:?}",
+        p.lost(),
+        p.sent,
+        first.unique_id,
+        first.spi_i,
+        first.spi_r,
+        after.unique_id,
+        after.spi_i,
+        after.spi_r,
+        first
+            .children
+            .iter()
+            .map(|c| (c.unique_id, &c.spi_in))
+            .collect::<Vec<_>>(),
+        after
+            .children
+            .iter()
+            .map(|c| (c.unique_id, &c.spi_in))
+            .collect::<Vec<_>>(),
     );
+    ensure!(p.lost() == 0, "rekey phase lost {} of {}", p.lost(), p.sent);
+    ensure!(
+        after.spi_i != first.spi_i && after.unique_id != first.unique_id,
+        "no IKE rekey after 9 s: {first:?} -> {after:?}\n{}",
+        peer.log_tail(40)
+    );
+    ensure!(
+        after
+            .children
+            .iter()
+            .all(|c| first.children.iter().all(|f| f.spi_in != c.spi_in)),
+        "no child rekey after 5 s: {first:?} -> {after:?}\n{}",
+        peer.log_tail(40)
+    );
+
     peer.terminate_ike("h")?;
-    assert!(peer.sas()?.is_empty());
+    ensure!(peer.sas()?.is_empty(), "peer still has SAs after terminate");
+    ensure!(
+        gw.sas()?.is_empty(),
+        "gateway still has SAs after the peer's DELETE"
+    );
+
+    drop((peer, gw, net));
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()?;
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    for name in &names {
+        ensure!(
+            !netns.contains(name.as_str()),
+            "namespace {name} left behind"
+        );
+    }
+    for pid in pids {
+        ensure!(!pid_alive(pid), "charon {pid} left running");
+    }
+    println!("harness test took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -4,19 +4,23 @@
 //! initiating. Each case checks traffic both ways, throughput, child and IKE
 //! rekeys under traffic, DPD, and a DELETE from one side.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use tandem_tests::{
-    BackgroundPing, Charon, PeerConfig, PeerIkeSa, SiteToSite, Tandemd, iperf3, ping, serial,
+    BackgroundPing, Charon, PeerIkeSa, SiteToSite, Tandemd, dpd_count, iperf3, ping, serial,
+    wait_for,
 };
 
-const PSK: &str = "interop-test-secret-0123456789";
-/// Short lifetimes for the side that drives rekeys: a child rekey and an IKE
-/// rekey both fall inside the 12-second rekey phase.
-const SHORT_CHILD: u64 = 5;
-const SHORT_IKE: u64 = 9;
-const DPD_SECS: u64 = 2;
+/// Lifetimes of the side that drives rekeys: at least one child rekey and one
+/// IKE rekey fall inside the 12 s rekey phase whatever the phase starts at.
+const SHORT_CHILD: Duration = Duration::from_secs(5);
+const SHORT_IKE: Duration = Duration::from_secs(9);
+const REKEY_PHASE_PINGS: u32 = 1200;
+const DPD_DELAY: Duration = Duration::from_secs(2);
+/// Idle time for the DPD check: two DPD periods and some slack.
+const IDLE: Duration = Duration::from_secs(6);
+const CONN: &str = "site-a";
 
 struct Case {
     ike: &'static str,
@@ -25,147 +29,92 @@ struct Case {
     delete_from_peer: bool,
 }
 
-fn tandemd_config(case: &Case) -> String {
-    let (child, ike) = if case.tandem_initiates {
-        (format!("{SHORT_CHILD}s"), format!("{SHORT_IKE}s"))
-    } else {
-        ("1h".to_owned(), "8h".to_owned())
-    };
-    format!(
-        r#"[node]
-name = "gw1"
-
-[ike]
-listen = ["{gw}"]
-
-[tun]
-name = "tandem0"
-
-[[connection]]
-name = "site-a"
-local_addr = "{gw}"
-remote_addr = "{peer}"
-psk = "{PSK}"
-ike_proposals = ["{ike_p}"]
-esp_proposals = ["{esp_p}"]
-local_ts = ["{gw_net}"]
-remote_ts = ["{peer_net}"]
-ike_lifetime = "{ike}"
-child_lifetime = "{child}"
-dpd_delay = "{DPD_SECS}s"
-initiate = {init}
-"#,
-        gw = SiteToSite::GW_OUTER,
-        peer = SiteToSite::PEER_OUTER,
-        ike_p = case.ike,
-        esp_p = case.esp,
-        gw_net = SiteToSite::GW_NET,
-        peer_net = SiteToSite::PEER_NET,
-        init = case.tandem_initiates,
-    )
-}
-
-fn peer_config(case: &Case) -> PeerConfig {
-    let (child, ike) = if case.tandem_initiates {
-        ("1h".to_owned(), "8h".to_owned())
-    } else {
-        (format!("{SHORT_CHILD}s"), format!("{SHORT_IKE}s"))
-    };
-    PeerConfig {
-        name: "site-a".into(),
-        local_addr: SiteToSite::PEER_OUTER.into(),
-        remote_addr: SiteToSite::GW_OUTER.into(),
-        psk: PSK.into(),
-        ike_proposal: case.ike.into(),
-        esp_proposal: case.esp.into(),
-        local_ts: SiteToSite::PEER_NET.into(),
-        remote_ts: SiteToSite::GW_NET.into(),
-        ike_rekey: ike,
-        child_rekey: child,
-        dpd_delay: format!("{DPD_SECS}s"),
-        initiate: false,
-    }
-}
-
-fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
-) -> anyhow::Result<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
+/// tandemd's view of the one IKE SA, checked against strongSwan's: the same IKE
+/// SPIs, and each of strongSwan's inbound child SPIs is tandemd's outbound one.
+fn check_agreement(gw: &Tandemd, sa: &PeerIkeSa) -> anyhow::Result<()> {
+    let status = gw.status()?;
+    let ike_sas = status["ike_sas"]
+        .as_array()
+        .with_context(|| format!("no ike_sas in tandemd status: {status}"))?;
+    let theirs = ike_sas
+        .iter()
+        .find(|s| s["spi_i"] == sa.spi_i.as_str() && s["spi_r"] == sa.spi_r.as_str())
+        .with_context(|| format!("tandemd has no IKE SA {}/{}: {status}", sa.spi_i, sa.spi_r))?;
+    ensure!(theirs["connection"] == CONN, "wrong connection: {theirs}");
+    for child in sa.children.iter().filter(|c| c.state == "INSTALLED") {
         ensure!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
+            theirs["children"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| {
+                    c["outbound_spi"] == child.spi_in.as_str()
+                        && c["inbound_spi"] == child.spi_out.as_str()
+                })),
+            "tandemd does not have strongSwan's child SA in {} / out {}: {theirs}",
+            child.spi_in,
+            child.spi_out
         );
-        std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
 }
 
-fn established(peer: &Charon) -> anyhow::Result<Option<PeerIkeSa>> {
-    Ok(peer
-        .sas()?
-        .into_iter()
-        .find(|sa| sa.state == "ESTABLISHED" && sa.children.iter().any(|c| c.state == "INSTALLED")))
+fn no_ike_sas(gw: &Tandemd) -> anyhow::Result<Option<()>> {
+    let status = gw.status()?;
+    Ok(status["ike_sas"]
+        .as_array()
+        .is_some_and(|a| a.is_empty())
+        .then_some(()))
 }
 
 fn run(case: Case) -> anyhow::Result<()> {
     let _serial = serial();
     let net = SiteToSite::new()?;
     let dir = net.dir.path();
-    let peer = Charon::start(&net.peer, dir, &peer_config(&case))?;
-    let gw = Tandemd::start(&net.gw, dir, &tandemd_config(&case))?;
-    let diag = |e: anyhow::Error| {
-        e.context(format!(
-            "strongSwan log tail:\n{}\n--- tandemd log tail:\n{}",
-            peer.log_tail(40),
-            gw.log()
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n")
-        ))
+    let mut peer_side = net.tunnel(CONN, case.ike, case.esp);
+    peer_side.dpd_delay = DPD_DELAY;
+    let mut gw_side = peer_side.mirrored();
+    gw_side.initiate = case.tandem_initiates;
+    // Short lifetimes on one side only, so that side's implementation is the one
+    // starting the rekeys: strongSwan's when it initiated, tandemd's otherwise.
+    let driver = if case.tandem_initiates {
+        &mut gw_side
+    } else {
+        &mut peer_side
     };
-    (|| -> anyhow::Result<()> {
-        if !case.tandem_initiates {
-            peer.initiate("site-a")?;
+    driver.child_rekey = SHORT_CHILD;
+    driver.ike_rekey = SHORT_IKE;
+
+    let peer = Charon::start(&net.peer, dir, &peer_side)?;
+    let gw = Tandemd::start(&net.gw, dir, &gw_side)?;
+    let label = format!(
+        "{} / {} ({} initiates)",
+        case.ike,
+        case.esp,
+        if case.tandem_initiates {
+            "tandemd"
+        } else {
+            "strongSwan"
         }
-        let first = wait_for("the tunnel", Duration::from_secs(15), || established(&peer))?;
+    );
+    let steps = || -> anyhow::Result<()> {
+        if !case.tandem_initiates {
+            peer.initiate(CONN)?;
+        }
+        let first = peer.wait_established()?;
+        check_agreement(&gw, &first)?;
 
         // Traffic both ways.
-        let p = ping(
-            &net.peer,
-            SiteToSite::PEER_INNER,
-            SiteToSite::GW_INNER,
-            200,
-            Duration::from_millis(10),
-        )?;
-        ensure!(
-            p.lost() == 0,
-            "peer->gateway ping lost {} of {}",
-            p.lost(),
-            p.sent
-        );
-        let p = ping(
-            &net.gw,
-            SiteToSite::GW_INNER,
-            SiteToSite::PEER_INNER,
-            200,
-            Duration::from_millis(10),
-        )?;
-        ensure!(
-            p.lost() == 0,
-            "gateway->peer ping lost {} of {}",
-            p.lost(),
-            p.sent
-        );
+        for (ns, src, dst) in [
+            (&net.peer, SiteToSite::PEER_INNER, SiteToSite::GW_INNER),
+            (&net.gw, SiteToSite::GW_INNER, SiteToSite::PEER_INNER),
+        ] {
+            let p = ping(ns, src, dst, 200, Duration::from_millis(10))?;
+            ensure!(
+                p.lost() == 0,
+                "ping {src} -> {dst} lost {} of {}",
+                p.lost(),
+                p.sent
+            );
+        }
         let up = iperf3(
             &net.gw,
             SiteToSite::GW_INNER,
@@ -182,66 +131,68 @@ fn run(case: Case) -> anyhow::Result<()> {
             3,
             dir,
         )?;
-        println!(
-            "{} / {}: iperf3 peer->gw {up:.0} Mbit/s, gw->peer {down:.0} Mbit/s",
-            case.ike, case.esp
-        );
+        println!("{label}: iperf3 peer->gw {up:.0} Mbit/s, gw->peer {down:.0} Mbit/s");
 
         // Rekeys under traffic: 12 s of ping at 100 per second.
-        let before = established(&peer)?.context("tunnel gone before the rekey phase")?;
+        let before = peer.wait_established()?;
         let bg = BackgroundPing::start(
             &net.peer,
             dir,
             SiteToSite::PEER_INNER,
             SiteToSite::GW_INNER,
-            1200,
+            REKEY_PHASE_PINGS,
             Duration::from_millis(10),
         )?;
         let p = bg.finish(Duration::from_secs(30))?;
-        let after = established(&peer)?.context("tunnel gone after the rekey phase")?;
+        let after = peer.wait_established()?;
+        let newest_child =
+            |sa: &PeerIkeSa| sa.children.iter().map(|c| c.unique_id).max().unwrap_or(0);
+        println!(
+            "{label}: rekey phase lost {} of {} pings; IKE SA #{} -> #{}, child #{} -> #{}",
+            p.lost(),
+            p.sent,
+            before.unique_id,
+            after.unique_id,
+            newest_child(&before),
+            newest_child(&after),
+        );
         ensure!(
             u64::from(p.lost()) * 1000 < u64::from(p.sent),
             "rekey phase lost {} of {} pings (limit 0.1%)",
             p.lost(),
             p.sent
         );
+        // strongSwan makes a new IKE SA object (new #N, new SPIs) for an IKE
+        // rekey, whichever side started it; the same #N means no rekey happened.
         ensure!(
-            (after.spi_i.clone(), after.spi_r.clone())
-                != (before.spi_i.clone(), before.spi_r.clone())
-                && (after.spi_i.clone(), after.spi_r.clone())
-                    != (first.spi_i.clone(), first.spi_r.clone()),
+            after.unique_id != before.unique_id
+                && (after.spi_i.as_str(), after.spi_r.as_str())
+                    != (before.spi_i.as_str(), before.spi_r.as_str()),
             "no IKE rekey during the rekey phase: before {before:?}, after {after:?}"
         );
-        let old_child: Vec<_> = before.children.iter().map(|c| c.spi_in.clone()).collect();
         ensure!(
-            after
+            after.children.iter().all(|c| before
                 .children
                 .iter()
-                .all(|c| !old_child.contains(&c.spi_in)),
+                .all(|b| b.spi_in != c.spi_in && b.spi_out != c.spi_out)),
             "no child rekey during the rekey phase: before {before:?}, after {after:?}"
         );
-        println!(
-            "rekey phase: {} of {} pings lost; IKE SA #{} -> #{}",
-            p.lost(),
-            p.sent,
-            before.unique_id,
-            after.unique_id
-        );
+        check_agreement(&gw, &after)?;
 
         // DPD: idle long enough for both sides to probe; the SA must survive.
-        let informational_before = peer.log().matches("INFORMATIONAL").count();
-        std::thread::sleep(Duration::from_secs(2 * DPD_SECS + 1));
+        let dpd_before = dpd_count(&peer.log());
+        std::thread::sleep(IDLE);
+        let dpd = dpd_count(&peer.log());
         ensure!(
-            established(&peer)?.is_some(),
-            "tunnel lost while idle (DPD)"
+            dpd.answered_by_remote > dpd_before.answered_by_remote,
+            "tandemd answered none of strongSwan's DPD requests while idle"
         );
-        let log = peer.log();
         ensure!(
-            log.matches("INFORMATIONAL").count() > informational_before
-                && log.contains("INFORMATIONAL request")
-                && log.contains("INFORMATIONAL response"),
-            "no DPD exchange seen in strongSwan's log while idle"
+            dpd.answered_locally > dpd_before.answered_locally,
+            "strongSwan received no DPD request from tandemd while idle"
         );
+        peer.established()?
+            .context("tunnel lost while idle (DPD)")?;
         let p = ping(
             &net.peer,
             SiteToSite::PEER_INNER,
@@ -249,52 +200,66 @@ fn run(case: Case) -> anyhow::Result<()> {
             20,
             Duration::from_millis(10),
         )?;
-        ensure!(p.lost() == 0, "ping after DPD lost {}", p.lost());
+        ensure!(
+            p.lost() == 0,
+            "ping after the idle period lost {} of 20",
+            p.lost()
+        );
 
         // DELETE from one side: both must end up without the SA.
         if case.delete_from_peer {
-            peer.terminate_ike("site-a")?;
+            peer.terminate_ike(CONN)?;
             wait_for("tandemd to drop the IKE SA", Duration::from_secs(5), || {
-                let st = gw.status()?;
-                Ok(st["ike_sas"]
-                    .as_array()
-                    .is_some_and(|a| a.is_empty())
-                    .then_some(()))
+                no_ike_sas(&gw)
             })?;
         } else {
-            gw.ctl(&["terminate", "site-a"])?;
+            gw.ctl(&["terminate", CONN])?;
             wait_for(
                 "strongSwan to drop the IKE SA",
                 Duration::from_secs(5),
                 || Ok(peer.sas()?.is_empty().then_some(())),
             )?;
-            let st = gw.status()?;
-            ensure!(
-                st["ike_sas"].as_array().is_some_and(|a| a.is_empty()),
-                "tandemd still lists SAs: {st}"
-            );
+            wait_for("tandemd to drop the IKE SA", Duration::from_secs(5), || {
+                no_ike_sas(&gw)
+            })?;
         }
-        let p = ping(
-            &net.peer,
-            SiteToSite::PEER_INNER,
+        // Traffic into tandemd's TUN must no longer leave as ESP.
+        let tx = net.gw_outer_tx_packets()?;
+        ping(
+            &net.gw,
             SiteToSite::GW_INNER,
-            3,
-            Duration::from_millis(50),
+            SiteToSite::PEER_INNER,
+            20,
+            Duration::from_millis(10),
         )?;
-        ensure!(p.received == 0, "traffic still flows after DELETE");
+        let sent = net.gw_outer_tx_packets()? - tx;
+        // A neighbour probe or two may go out; 20 encrypted pings may not.
+        ensure!(
+            sent <= 2,
+            "tandemd still sent {sent} packets after the DELETE"
+        );
         Ok(())
-    })()
-    .map_err(diag)
+    };
+    steps().with_context(|| {
+        format!(
+            "{label}\n--- strongSwan log tail:\n{}\n--- tandemd log tail:\n{}",
+            peer.log_tail(40),
+            gw.log_tail(40)
+        )
+    })
 }
 
+/// Each combo runs with strongSwan initiating and with tandemd initiating. The
+/// DELETE comes from strongSwan in one of the two and from tandemd in the
+/// other, alternating between combos, so each initiator also sees both.
 macro_rules! interop {
-    ($($name:ident: $ike:literal, $esp:literal;)*) => {
+    ($($name:ident: $ike:literal, $esp:literal, peer_deletes_first: $first:literal;)*) => {
         mod strongswan_initiates {
             use super::*;
             $(
                 #[test]
                 fn $name() -> anyhow::Result<()> {
-                    run(Case { ike: $ike, esp: $esp, tandem_initiates: false, delete_from_peer: true })
+                    run(Case { ike: $ike, esp: $esp, tandem_initiates: false, delete_from_peer: $first })
                 }
             )*
         }
@@ -303,7 +268,7 @@ macro_rules! interop {
             $(
                 #[test]
                 fn $name() -> anyhow::Result<()> {
-                    run(Case { ike: $ike, esp: $esp, tandem_initiates: true, delete_from_peer: false })
+                    run(Case { ike: $ike, esp: $esp, tandem_initiates: true, delete_from_peer: !$first })
                 }
             )*
         }
@@ -311,10 +276,10 @@ macro_rules! interop {
 }
 
 interop! {
-    gcm256_x25519: "aes256gcm16-prfsha256-curve25519", "aes256gcm16";
-    gcm128_ecp256_pfs: "aes128gcm16-prfsha384-ecp256", "aes128gcm16-ecp256";
-    cbc256_sha384_ecp384: "aes256-sha384-ecp384", "aes256-sha384";
-    cbc128_sha256_modp2048_pfs: "aes128-sha256-modp2048", "aes128-sha256-modp2048";
-    cbc256_sha512_x25519_esn: "aes256-sha512-curve25519", "aes256-sha512-esn";
-    cbc128_sha1_modp2048: "aes128-sha1-modp2048", "aes128-sha1";
+    gcm256_x25519: "aes256gcm16-prfsha256-curve25519", "aes256gcm16", peer_deletes_first: true;
+    gcm128_ecp256_pfs: "aes128gcm16-prfsha384-ecp256", "aes128gcm16-ecp256", peer_deletes_first: false;
+    cbc256_sha384_ecp384: "aes256-sha384-ecp384", "aes256-sha384", peer_deletes_first: true;
+    cbc128_sha256_modp2048_pfs: "aes128-sha256-modp2048", "aes128-sha256-modp2048", peer_deletes_first: false;
+    cbc256_sha512_x25519_esn: "aes256-sha512-curve25519", "aes256-sha512-esn", peer_deletes_first: true;
+    cbc128_sha1_modp2048: "aes128-sha1-modp2048", "aes128-sha1", peer_deletes_first: false;
 }
