@@ -1002,22 +1002,23 @@ pub fn iperf3(
             &secs.to_string(),
             "-J",
         ])?;
-        let json: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
-        if out.status.success() {
-            let bps = json
-                .as_ref()
-                .and_then(|v| v["end"]["sum_received"]["bits_per_second"].as_f64())
-                .with_context(|| {
-                    format!(
-                        "iperf3 JSON without end.sum_received.bits_per_second:\n{}",
-                        String::from_utf8_lossy(&out.stdout)
-                    )
-                })?;
-            return Ok(bps / 1e6);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        // iperf3 3.12 with -J exits 0 even when the connect was refused (the
+        // server not listening yet): the JSON's "error" is what tells.
+        match (
+            json["error"].as_str(),
+            json["end"]["sum_received"]["bits_per_second"].as_f64(),
+        ) {
+            (None, Some(bps)) if out.status.success() => return Ok(bps / 1e6),
+            (Some(e), _) => last_err = e.to_owned(),
+            _ => {
+                last_err = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    String::from_utf8_lossy(&out.stdout)
+                )
+            }
         }
-        last_err = json
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned());
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!("iperf3 {client_addr} -> {server_addr} failed: {last_err}")

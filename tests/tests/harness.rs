@@ -3,8 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
-use tandem_tests::{BackgroundPing, Charon, SiteToSite, iperf3, pid_alive, ping, serial};
+use anyhow::{Context as _, ensure};
+use tandem_tests::{
+    BackgroundPing, Charon, SiteToSite, dpd_count, iperf3, pid_alive, ping, serial,
+};
 
 #[test]
 fn strongswan_to_strongswan_through_the_harness() -> anyhow::Result<()> {
@@ -17,6 +19,7 @@ fn strongswan_to_strongswan_through_the_harness() -> anyhow::Result<()> {
     peer_side.child_rekey = Duration::from_secs(5);
     peer_side.ike_rekey = Duration::from_secs(9);
     peer_side.initiate = true;
+    peer_side.dpd_delay = Duration::from_secs(2);
     let mut gw_side = peer_side.mirrored();
     gw_side.child_rekey = Duration::from_secs(3600);
     gw_side.ike_rekey = Duration::from_secs(8 * 3600);
@@ -103,6 +106,19 @@ fn strongswan_to_strongswan_through_the_harness() -> anyhow::Result<()> {
         "no child rekey after 5 s: {first:?} -> {after:?}\n{}",
         peer.log_tail(40)
     );
+
+    // Idle: DPD (empty INFORMATIONAL) exchanges must show up and be answered.
+    let dpd_before = dpd_count(&peer.log());
+    std::thread::sleep(Duration::from_secs(5));
+    let dpd = dpd_count(&peer.log());
+    println!("DPD while idle: {dpd_before:?} -> {dpd:?}");
+    ensure!(
+        dpd.answered_by_remote + dpd.answered_locally
+            > dpd_before.answered_by_remote + dpd_before.answered_locally,
+        "no DPD exchange while idle:\n{}",
+        peer.log_tail(30)
+    );
+    peer.established()?.context("tunnel lost while idle")?;
 
     peer.terminate_ike("h")?;
     ensure!(peer.sas()?.is_empty(), "peer still has SAs after terminate");
