@@ -19,7 +19,7 @@ const SHORT_IKE: Duration = Duration::from_secs(9);
 const REKEY_PHASE_PINGS: u32 = 1200;
 const DPD_DELAY: Duration = Duration::from_secs(2);
 /// Idle time for the DPD check: two DPD periods and some slack.
-const IDLE: Duration = Duration::from_secs(6);
+const IDLE: Duration = Duration::from_secs(5);
 const CONN: &str = "site-a";
 
 struct Case {
@@ -183,13 +183,14 @@ fn run(case: Case) -> anyhow::Result<()> {
         let dpd_before = dpd_count(&peer.log());
         std::thread::sleep(IDLE);
         let dpd = dpd_count(&peer.log());
+        println!("{label}: DPD while idle {dpd_before:?} -> {dpd:?}");
+        // Either side may probe first; an answered probe resets the other's
+        // idle timer (strongSwan counts any inbound IKE message), so only one
+        // direction is certain.
         ensure!(
-            dpd.answered_by_remote > dpd_before.answered_by_remote,
-            "tandemd answered none of strongSwan's DPD requests while idle"
-        );
-        ensure!(
-            dpd.answered_locally > dpd_before.answered_locally,
-            "strongSwan received no DPD request from tandemd while idle"
+            dpd.answered_by_remote + dpd.answered_locally
+                > dpd_before.answered_by_remote + dpd_before.answered_locally,
+            "no DPD exchange between strongSwan and tandemd while idle"
         );
         peer.established()?
             .context("tunnel lost while idle (DPD)")?;
