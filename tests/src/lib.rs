@@ -228,8 +228,9 @@ impl Proc {
         self.child.id()
     }
 
-    fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    /// The exit status, if it has exited.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Waits for it to exit; kills it after `timeout`.
@@ -251,7 +252,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if self.is_running() {
+        if self.exited().is_none() {
             // TERM first so charon and tandemd shut down as in production.
             let _ = Command::new("kill")
                 .args(["-TERM", &self.pid().to_string()])
@@ -468,11 +469,10 @@ secrets {{
 
     fn tandemd_conf(&self, control_socket: &Path) -> String {
         let secs = |d: Duration| format!("\"{}s\"", d.as_secs());
-        // tandemd has no "DPD off" value; a day is off for any test.
         let dpd = if self.dpd_delay.is_zero() {
-            Duration::from_secs(86_400)
+            "\"off\"".to_owned()
         } else {
-            self.dpd_delay
+            secs(self.dpd_delay)
         };
         format!(
             "[node]
@@ -513,7 +513,6 @@ initiate = {init}
             rts = self.remote_ts,
             ike = secs(self.ike_rekey),
             child = secs(self.child_rekey),
-            dpd = secs(dpd),
             init = self.initiate,
         )
     }
@@ -823,14 +822,18 @@ impl Tandemd {
         )?;
         let mut tandemd = Tandemd { proc, socket, log };
         wait_for("tandemd ready", Duration::from_secs(10), || {
-            ensure!(
-                tandemd.proc.is_running(),
-                "tandemd exited early; log:\n{}",
-                tandemd.log()
-            );
+            if let Some(status) = tandemd.proc.exited() {
+                bail!("{} exited before it was ready ({status})", bin.display());
+            }
             Ok(tandemd.log().contains("tandemd ready").then_some(()))
         })
-        .with_context(|| format!("tandemd log:\n{}", tandemd.log_tail(40)))?;
+        .with_context(|| {
+            format!(
+                "config {} (TANDEM_KEEP_LOGS=1 keeps it); tandemd log:\n{}",
+                config.display(),
+                tandemd.log_tail(40)
+            )
+        })?;
         Ok(tandemd)
     }
 
