@@ -103,11 +103,24 @@ pub fn wait_for<T>(
     }
 }
 
-/// Whether a process with this pid exists (zombies included: a reaped child
-/// of ours is gone, an unreaped one would still count, which is what we want
-/// to catch).
-pub fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+/// Fails unless every namespace in `namespaces` and every process in `pids`
+/// is gone: what a test calls after dropping its guards.
+pub fn check_gone(namespaces: &[String], pids: &[u32]) -> anyhow::Result<()> {
+    let list = run_output(Command::new("ip").args(["netns", "list"]))?;
+    for name in namespaces {
+        ensure!(
+            !list.split_whitespace().any(|n| n == name),
+            "namespace {name} left behind"
+        );
+    }
+    for pid in pids {
+        // A zombie still has its /proc entry: the guards must reap, too.
+        ensure!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} left behind"
+        );
+    }
+    Ok(())
 }
 
 /// The last `lines` lines of `text`, for error messages.
@@ -823,7 +836,12 @@ impl Tandemd {
         let mut tandemd = Tandemd { proc, socket, log };
         wait_for("tandemd ready", Duration::from_secs(10), || {
             if let Some(status) = tandemd.proc.exited() {
-                bail!("{} exited before it was ready ({status})", bin.display());
+                // Most likely the config: show it with tandemd's complaint.
+                bail!(
+                    "{} exited before it was ready ({status}); config:\n{}",
+                    bin.display(),
+                    std::fs::read_to_string(&config).unwrap_or_default()
+                );
             }
             Ok(tandemd.log().contains("tandemd ready").then_some(()))
         })

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use tandem_tests::{
-    BackgroundPing, Charon, SiteToSite, dpd_count, iperf3, pid_alive, ping, serial,
+    BackgroundPing, Charon, SiteToSite, check_gone, dpd_count, iperf3, ping, serial,
 };
 
 #[test]
@@ -128,19 +128,7 @@ fn strongswan_to_strongswan_through_the_harness() -> anyhow::Result<()> {
     );
 
     drop((peer, gw, net));
-    let netns = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()?;
-    let netns = String::from_utf8_lossy(&netns.stdout);
-    for name in &names {
-        ensure!(
-            !netns.contains(name.as_str()),
-            "namespace {name} left behind"
-        );
-    }
-    for pid in pids {
-        ensure!(!pid_alive(pid), "charon {pid} left running");
-    }
+    check_gone(&names, &pids)?;
     println!("harness test took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use tandem_tests::{
-    BackgroundPing, Charon, PeerIkeSa, SiteToSite, Tandemd, dpd_count, iperf3, ping, serial,
-    wait_for,
+    BackgroundPing, Charon, PeerIkeSa, SiteToSite, Tandemd, check_gone, dpd_count, iperf3, ping,
+    serial, wait_for,
 };
 
 /// Lifetimes of the side that drives rekeys: at least one child rekey and one
@@ -83,8 +83,6 @@ fn run(case: Case) -> anyhow::Result<()> {
     driver.child_rekey = SHORT_CHILD;
     driver.ike_rekey = SHORT_IKE;
 
-    let peer = Charon::start(&net.peer, dir, &peer_side)?;
-    let gw = Tandemd::start(&net.gw, dir, &gw_side)?;
     let label = format!(
         "{} / {} ({} initiates)",
         case.ike,
@@ -95,6 +93,8 @@ fn run(case: Case) -> anyhow::Result<()> {
             "strongSwan"
         }
     );
+    let peer = Charon::start(&net.peer, dir, &peer_side).context(label.clone())?;
+    let gw = Tandemd::start(&net.gw, dir, &gw_side).context(label.clone())?;
     let steps = || -> anyhow::Result<()> {
         if !case.tandem_initiates {
             peer.initiate(CONN)?;
@@ -241,13 +241,18 @@ fn run(case: Case) -> anyhow::Result<()> {
         );
         Ok(())
     };
-    steps().with_context(|| {
+    let result = steps().with_context(|| {
         format!(
             "{label}\n--- strongSwan log tail:\n{}\n--- tandemd log tail:\n{}",
             peer.log_tail(40),
             gw.log_tail(40)
         )
-    })
+    });
+    let namespaces = [net.peer.name().to_owned(), net.gw.name().to_owned()];
+    let pids = [peer.pid(), gw.pid()];
+    drop((peer, gw, net));
+    result?;
+    check_gone(&namespaces, &pids)
 }
 
 /// Each combo runs with strongSwan initiating and with tandemd initiating. The
