@@ -641,6 +641,15 @@ impl Charon {
         .with_context(|| format!("strongSwan log:\n{}", self.log_tail(40)))
     }
 
+    /// The established IKE SA and the rekeys logged so far, taken together so
+    /// two snapshots bracket a phase of a test.
+    pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        Ok(Snapshot {
+            sa: self.wait_established()?,
+            rekeys: rekey_count(&self.log()),
+        })
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("charon.log")).unwrap_or_default()
     }
@@ -677,6 +686,84 @@ pub fn dpd_count(log: &str) -> DpdCount {
             .lines()
             .filter(|l| empty("generating INFORMATIONAL response", l))
             .count(),
+    }
+}
+
+/// Completed rekeys in a charon log, whichever side started them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RekeyCount {
+    pub ike: usize,
+    pub child: usize,
+}
+
+/// Counts rekeys in a charon log: an IKE rekey logs "IKE_SA x[N] rekeyed
+/// between ..." (ike level 0); a replaced child passes through the REKEYED
+/// state exactly once ("CHILD_SA x{N} state change: REKEYING => REKEYED",
+/// chd level 2).
+pub fn rekey_count(log: &str) -> RekeyCount {
+    RekeyCount {
+        ike: log
+            .lines()
+            .filter(|l| l.contains("IKE_SA ") && l.contains(" rekeyed between "))
+            .count(),
+        child: log
+            .lines()
+            .filter(|l| l.contains("CHILD_SA ") && l.trim_end().ends_with("=> REKEYED"))
+            .count(),
+    }
+}
+
+/// strongSwan's view of the tunnel at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub sa: PeerIkeSa,
+    pub rekeys: RekeyCount,
+}
+
+impl Snapshot {
+    /// Fails unless an IKE rekey and a child rekey both completed between
+    /// `before` and `self`, as the log counts them and as the SAs show them;
+    /// returns a one-line summary.
+    pub fn check_rekeyed_since(&self, before: &Snapshot) -> anyhow::Result<String> {
+        let (b, a) = (&before.sa, &self.sa);
+        let installed = |sa: &PeerIkeSa| {
+            sa.children
+                .iter()
+                .filter(|c| c.state == "INSTALLED")
+                .map(|c| c.spi_in.clone())
+                .collect::<Vec<_>>()
+        };
+        let summary = format!(
+            "{} IKE and {} child rekeys; IKE SA #{} {}/{} -> #{} {}/{}; child in {:?} -> {:?}",
+            self.rekeys.ike - before.rekeys.ike,
+            self.rekeys.child - before.rekeys.child,
+            b.unique_id,
+            b.spi_i,
+            b.spi_r,
+            a.unique_id,
+            a.spi_i,
+            a.spi_r,
+            installed(b),
+            installed(a),
+        );
+        // strongSwan makes a new IKE SA (new #N, new SPIs) for an IKE rekey,
+        // whichever side starts it: the same #N means no rekey happened.
+        ensure!(
+            self.rekeys.ike > before.rekeys.ike
+                && a.unique_id != b.unique_id
+                && (&a.spi_i, &a.spi_r) != (&b.spi_i, &b.spi_r),
+            "no IKE rekey: {summary}"
+        );
+        // Only installed children count: a rekeyed one lingers in the listing
+        // (REKEYED, DELETED) for a moment and may show in both snapshots.
+        let old: Vec<&str> = b.children.iter().map(|c| c.spi_in.as_str()).collect();
+        ensure!(
+            self.rekeys.child > before.rekeys.child
+                && !installed(a).is_empty()
+                && installed(a).iter().all(|spi| !old.contains(&spi.as_str())),
+            "no child rekey: {summary}"
+        );
+        Ok(summary)
     }
 }
 
@@ -1117,6 +1204,19 @@ site-a: #3, ESTABLISHED, IKEv2, 0123456789abcdef_i* fedcba9876543210_r
         assert_eq!(s.lost(), 2);
         assert!((s.loss_percent() - 1.0).abs() < 1e-9);
         assert!(parse_ping("connect: Network is unreachable\n").is_err());
+    }
+
+    #[test]
+    fn counts_rekeys() {
+        let log = "\
+15:11:45 16[IKE] IKE_SA h[1] established between 192.0.2.2[192.0.2.2]...192.0.2.1[192.0.2.1]
+15:12:23 16[CHD] CHILD_SA h{1} state change: INSTALLED => REKEYING
+15:12:23 16[CHD] CHILD_SA h{1} state change: REKEYING => REKEYED
+15:12:23 09[CHD] CHILD_SA h{1} state change: REKEYED => DELETING
+15:11:54 11[IKE] IKE_SA h[2] rekeyed between 192.0.2.2[192.0.2.2]...192.0.2.1[192.0.2.1]
+15:11:54 11[IKE] IKE_SA h[1] state change: ESTABLISHED => REKEYED
+";
+        assert_eq!(rekey_count(log), RekeyCount { ike: 1, child: 1 });
     }
 
     #[test]

@@ -28,7 +28,7 @@ fn strongswan_to_strongswan_through_the_harness() -> anyhow::Result<()> {
     let gw = Charon::start(&net.gw, net.dir.path(), &gw_side)?;
     let peer = Charon::start(&net.peer, net.dir.path(), &peer_side)?;
     let pids = [gw.pid(), peer.pid()];
-    let first = peer.wait_established()?;
+    let first = peer.snapshot()?;
 
     for (ns, src, dst) in [
         (&net.peer, SiteToSite::PEER_INNER, SiteToSite::GW_INNER),
@@ -70,42 +70,12 @@ fn strongswan_to_strongswan_through_the_harness() -> anyhow::Result<()> {
         Duration::from_millis(10),
     )?;
     let p = bg.finish(Duration::from_secs(20))?;
-    let after = peer.wait_established()?;
-    println!(
-        "rekey phase: lost {} of {}; IKE SA #{} {}/{} -> #{} {}/{}; children {:?} -> {:?}",
-        p.lost(),
-        p.sent,
-        first.unique_id,
-        first.spi_i,
-        first.spi_r,
-        after.unique_id,
-        after.spi_i,
-        after.spi_r,
-        first
-            .children
-            .iter()
-            .map(|c| (c.unique_id, &c.spi_in))
-            .collect::<Vec<_>>(),
-        after
-            .children
-            .iter()
-            .map(|c| (c.unique_id, &c.spi_in))
-            .collect::<Vec<_>>(),
-    );
+    let after = peer.snapshot()?;
     ensure!(p.lost() == 0, "rekey phase lost {} of {}", p.lost(), p.sent);
-    ensure!(
-        after.spi_i != first.spi_i && after.unique_id != first.unique_id,
-        "no IKE rekey after 9 s: {first:?} -> {after:?}\n{}",
-        peer.log_tail(40)
-    );
-    ensure!(
-        after
-            .children
-            .iter()
-            .all(|c| first.children.iter().all(|f| f.spi_in != c.spi_in)),
-        "no child rekey after 5 s: {first:?} -> {after:?}\n{}",
-        peer.log_tail(40)
-    );
+    let rekeys = after
+        .check_rekeyed_since(&first)
+        .with_context(|| peer.log_tail(40))?;
+    println!("rekeys with traffic ({} pings, 0 lost): {rekeys}", p.sent);
 
     // Idle: DPD (empty INFORMATIONAL) exchanges must show up and be answered.
     let dpd_before = dpd_count(&peer.log());
