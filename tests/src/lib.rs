@@ -545,8 +545,9 @@ impl Charon {
         std::fs::create_dir_all(dir.join("run"))?;
         let d = dir.display();
         // The kernel here has no ESP xfrm: kernel-libipsec does ESP in userspace
-        // (and logs as "esp"). Log levels: enough to see every exchange and
-        // every SA change without drowning in per-packet lines.
+        // and logs as "esp", at level 2 one line per packet, which would cost
+        // more CPU than the tunnel itself under iperf3: esp stays at 1. The
+        // rest: every exchange and every SA change.
         std::fs::write(
             dir.join("strongswan.conf"),
             format!(
@@ -566,10 +567,12 @@ impl Charon {
     main {{
       path = {d}/charon.log
       time_format = %H:%M:%S
+      # <name|N> on each line, the IKE SA it is about: dpd_count pairs by it.
+      ike_name = yes
       default = 1
       ike = 2
       chd = 2
-      esp = 2
+      esp = 1
       knl = 1
       cfg = 1
       net = 1
@@ -622,13 +625,13 @@ impl Charon {
             .map(drop)
     }
 
-    pub fn sas(&self) -> anyhow::Result<Vec<PeerIkeSa>> {
+    pub fn list_sas(&self) -> anyhow::Result<Vec<PeerIkeSa>> {
         Ok(parse_list_sas(&self.swanctl(&["--list-sas"])?))
     }
 
     /// The established IKE SA with an installed child, if there is one.
     pub fn established(&self) -> anyhow::Result<Option<PeerIkeSa>> {
-        Ok(self.sas()?.into_iter().find(|sa| {
+        Ok(self.list_sas()?.into_iter().find(|sa| {
             sa.state == "ESTABLISHED" && sa.children.iter().any(|c| c.state == "INSTALLED")
         }))
     }
@@ -648,6 +651,23 @@ impl Charon {
             sa: self.wait_established()?,
             rekeys: rekey_count(&self.log()),
         })
+    }
+
+    /// Waits (the caller keeps the tunnel idle) until a DPD exchange, started
+    /// by either side, completes; returns the counts before and after. strongSwan
+    /// probes after `dpd_delay` without any inbound message, and every rekey
+    /// exchange restarts that wait, so with short lifetimes a fixed sleep would
+    /// race the rekeys.
+    pub fn wait_for_dpd(&self, timeout: Duration) -> anyhow::Result<(DpdCount, DpdCount)> {
+        let before = dpd_count(&self.log());
+        let after = wait_for("a DPD exchange", timeout, || {
+            let now = dpd_count(&self.log());
+            Ok((now.answered_by_remote + now.answered_locally
+                > before.answered_by_remote + before.answered_locally)
+                .then_some(now))
+        })
+        .with_context(|| format!("strongSwan log:\n{}", self.log_tail(30)))?;
+        Ok((before, after))
     }
 
     pub fn log(&self) -> String {
@@ -673,20 +693,41 @@ pub struct DpdCount {
     pub answered_locally: usize,
 }
 
-/// Counts DPD exchanges in a charon log (`ike = 2` logs each message's payloads;
-/// an INFORMATIONAL without payloads is a liveness check, RFC 7296 2.4).
-pub fn dpd_count(log: &str) -> DpdCount {
-    let empty = |kind: &str, line: &str| line.contains(kind) && line.trim_end().ends_with("[ ]");
-    DpdCount {
-        answered_by_remote: log
-            .lines()
-            .filter(|l| empty("parsed INFORMATIONAL response", l))
-            .count(),
-        answered_locally: log
-            .lines()
-            .filter(|l| empty("generating INFORMATIONAL response", l))
-            .count(),
+/// Counts DPD exchanges in a charon log. A DPD is an INFORMATIONAL request
+/// without payloads (RFC 7296 2.4), logged as "generating INFORMATIONAL
+/// request 3 [ ]"; the response is empty too. An empty response alone proves
+/// nothing: it also answers a DELETE of the IKE SA (`[ D ]`). So a DPD counts
+/// when an empty request and its response (same IKE SA, same message ID) are
+/// both in the log.
+fn dpd_count(log: &str) -> DpdCount {
+    let mut count = DpdCount::default();
+    // (IKE SA tag "<name|N>", message ID) of empty requests awaiting a response.
+    let mut ours = std::collections::HashSet::new();
+    let mut theirs = std::collections::HashSet::new();
+    for line in log.lines() {
+        let Some((head, rest)) = line.split_once(" INFORMATIONAL ") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let (Some(kind), Some(id)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let empty = words.collect::<Vec<_>>() == ["[", "]"];
+        let tag = head.split_whitespace().find(|w| w.starts_with('<'));
+        let key = (tag.unwrap_or_default().to_owned(), id.to_owned());
+        match (head.ends_with("generating"), kind, empty) {
+            (true, "request", true) => {
+                ours.insert(key);
+            }
+            (false, "response", true) if ours.remove(&key) => count.answered_by_remote += 1,
+            (false, "request", true) => {
+                theirs.insert(key);
+            }
+            (true, "response", true) if theirs.remove(&key) => count.answered_locally += 1,
+            _ => {}
+        }
     }
+    count
 }
 
 /// Completed rekeys in a charon log, whichever side started them.
@@ -700,7 +741,7 @@ pub struct RekeyCount {
 /// between ..." (ike level 0); a replaced child passes through the REKEYED
 /// state exactly once ("CHILD_SA x{N} state change: REKEYING => REKEYED",
 /// chd level 2).
-pub fn rekey_count(log: &str) -> RekeyCount {
+fn rekey_count(log: &str) -> RekeyCount {
     RekeyCount {
         ike: log
             .lines()
@@ -1226,7 +1267,11 @@ site-a: #3, ESTABLISHED, IKEv2, 0123456789abcdef_i* fedcba9876543210_r
 10:00:01 15[ENC] <h|1> parsed INFORMATIONAL response 2 [ ]
 10:00:02 16[ENC] <h|1> parsed INFORMATIONAL request 0 [ ]
 10:00:02 16[ENC] <h|1> generating INFORMATIONAL response 0 [ ]
-10:00:03 05[ENC] <h|1> parsed INFORMATIONAL response 3 [ D ]
+10:00:03 05[ENC] <h|1> generating INFORMATIONAL request 3 [ D ]
+10:00:03 05[ENC] <h|1> parsed INFORMATIONAL response 3 [ ]
+10:00:03 05[ENC] <h|2> parsed INFORMATIONAL request 0 [ D ]
+10:00:03 05[ENC] <h|2> generating INFORMATIONAL response 0 [ ]
+10:00:04 05[ENC] <h|2> generating INFORMATIONAL request 1 [ ]
 ";
         assert_eq!(
             dpd_count(log),
