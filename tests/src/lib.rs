@@ -28,7 +28,7 @@ pub fn serial() -> MutexGuard<'static, ()> {
 const CHARON: &str = "/usr/lib/ipsec/charon";
 
 /// Fails with a clear message unless this machine can run real-peer tests.
-pub fn require_environment() -> anyhow::Result<()> {
+fn require_environment() -> anyhow::Result<()> {
     let uid = run_output(Command::new("id").arg("-u"))?;
     ensure!(
         uid.trim() == "0",
@@ -190,7 +190,7 @@ impl Netns {
     }
 
     /// Runs a command in the namespace and returns whatever it did, exit status included.
-    pub fn output(&self, args: &[&str]) -> anyhow::Result<Output> {
+    fn output(&self, args: &[&str]) -> anyhow::Result<Output> {
         self.command(args)
             .output()
             .with_context(|| format!("cannot run {args:?} in {}", self.name))
@@ -198,7 +198,7 @@ impl Netns {
 
     /// Starts a long-running process in the namespace, stdout and stderr to `log`.
     /// `ip netns exec` execs the command, so the pid is the program's own.
-    pub fn spawn(&self, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
+    fn spawn(&self, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
         let file = std::fs::File::create(log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let child = self
@@ -232,7 +232,7 @@ impl Drop for Netns {
 
 /// A child process, stopped (TERM, then KILL after 3 s) and reaped on drop.
 #[derive(Debug)]
-pub struct Proc {
+struct Proc {
     child: Child,
 }
 
