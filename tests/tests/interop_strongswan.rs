@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use tandem_tests::{
-    BackgroundPing, Charon, PeerIkeSa, SiteToSite, Tandemd, check_gone, iperf3, ping, serial,
-    wait_for,
+    BackgroundPing, Charon, SiteToSite, Tandemd, check_gone, iperf3, ping, serial, wait_for,
 };
 
 /// Lifetimes of the side that drives rekeys: at least one child rekey and one
@@ -30,32 +29,42 @@ struct Case {
     delete_from_peer: bool,
 }
 
-/// tandemd's view of the one IKE SA, checked against strongSwan's: the same IKE
-/// SPIs, and each of strongSwan's inbound child SPIs is tandemd's outbound one.
-fn check_agreement(gw: &Tandemd, sa: &PeerIkeSa) -> anyhow::Result<()> {
-    let status = gw.status()?;
-    let ike_sas = status["ike_sas"]
-        .as_array()
-        .with_context(|| format!("no ike_sas in tandemd status: {status}"))?;
-    let theirs = ike_sas
-        .iter()
-        .find(|s| s["spi_i"] == sa.spi_i.as_str() && s["spi_r"] == sa.spi_r.as_str())
-        .with_context(|| format!("tandemd has no IKE SA {}/{}: {status}", sa.spi_i, sa.spi_r))?;
-    ensure!(theirs["connection"] == CONN, "wrong connection: {theirs}");
-    for child in sa.children.iter().filter(|c| c.state == "INSTALLED") {
-        ensure!(
-            theirs["children"]
-                .as_array()
-                .is_some_and(|cs| cs.iter().any(|c| {
-                    c["outbound_spi"] == child.spi_in.as_str()
-                        && c["inbound_spi"] == child.spi_out.as_str()
-                })),
-            "tandemd does not have strongSwan's child SA in {} / out {}: {theirs}",
-            child.spi_in,
-            child.spi_out
-        );
-    }
-    Ok(())
+/// Waits until tandemd's view of the tunnel matches strongSwan's: the same IKE
+/// SPIs, and each child strongSwan has installed is in tandemd with the SPIs
+/// crossed (strongSwan's inbound is tandemd's outbound). Polled, because the
+/// two are read at different moments and one may be mid-exchange.
+fn check_agreement(peer: &Charon, gw: &Tandemd) -> anyhow::Result<()> {
+    let mut last = String::new();
+    let agreed = wait_for(
+        "tandemd and strongSwan to agree",
+        Duration::from_secs(5),
+        || {
+            let sa = peer.wait_established()?;
+            let status = gw.status()?;
+            let theirs = status["ike_sas"].as_array().and_then(|sas| {
+                sas.iter()
+                    .find(|s| s["spi_i"] == sa.spi_i.as_str() && s["spi_r"] == sa.spi_r.as_str())
+            });
+            let agrees = theirs.is_some_and(|t| {
+                t["connection"] == CONN
+                    && sa
+                        .children
+                        .iter()
+                        .filter(|c| c.state == "INSTALLED")
+                        .all(|child| {
+                            t["children"].as_array().is_some_and(|cs| {
+                                cs.iter().any(|c| {
+                                    c["outbound_spi"] == child.spi_in.as_str()
+                                        && c["inbound_spi"] == child.spi_out.as_str()
+                                })
+                            })
+                        })
+            });
+            last = format!("strongSwan: {sa:?}\ntandemd: {status}");
+            Ok(agrees.then_some(()))
+        },
+    );
+    agreed.with_context(|| last.clone())
 }
 
 fn no_ike_sas(gw: &Tandemd) -> anyhow::Result<Option<()>> {
@@ -96,129 +105,7 @@ fn run(case: Case) -> anyhow::Result<()> {
     );
     let peer = Charon::start(&net.peer, dir, &peer_side).context(label.clone())?;
     let gw = Tandemd::start(&net.gw, dir, &gw_side).context(label.clone())?;
-    let steps = || -> anyhow::Result<()> {
-        if !case.tandem_initiates {
-            peer.initiate(CONN)?;
-        }
-        let first = peer.wait_established()?;
-        check_agreement(&gw, &first)?;
-
-        // Traffic both ways.
-        for (ns, src, dst) in [
-            (&net.peer, SiteToSite::PEER_INNER, SiteToSite::GW_INNER),
-            (&net.gw, SiteToSite::GW_INNER, SiteToSite::PEER_INNER),
-        ] {
-            let p = ping(ns, src, dst, 200, Duration::from_millis(10))?;
-            ensure!(
-                p.lost() == 0,
-                "ping {src} -> {dst} lost {} of {}",
-                p.lost(),
-                p.sent
-            );
-        }
-        let up = iperf3(
-            &net.gw,
-            SiteToSite::GW_INNER,
-            &net.peer,
-            SiteToSite::PEER_INNER,
-            3,
-            dir,
-        )?;
-        let down = iperf3(
-            &net.peer,
-            SiteToSite::PEER_INNER,
-            &net.gw,
-            SiteToSite::GW_INNER,
-            3,
-            dir,
-        )?;
-        println!("{label}: iperf3 peer->gw {up:.0} Mbit/s, gw->peer {down:.0} Mbit/s");
-
-        // Rekeys under traffic: 12 s of ping at 100 per second.
-        let before = peer.snapshot()?;
-        let bg = BackgroundPing::start(
-            &net.peer,
-            dir,
-            SiteToSite::PEER_INNER,
-            SiteToSite::GW_INNER,
-            REKEY_PHASE_PINGS,
-            Duration::from_millis(10),
-        )?;
-        let p = bg.finish(Duration::from_secs(30))?;
-        let after = peer.snapshot()?;
-        println!(
-            "{label}: rekey phase lost {} of {} pings ({:.2}%)",
-            p.lost(),
-            p.sent,
-            p.loss_percent()
-        );
-        ensure!(
-            p.loss_percent() < 0.1,
-            "rekey phase lost {} of {} pings (limit 0.1%)",
-            p.lost(),
-            p.sent
-        );
-        println!("{label}: {}", after.check_rekeyed_since(&before)?);
-        check_agreement(&gw, &after.sa)?;
-
-        // DPD: idle until a DPD exchange completes; the SA must survive it.
-        // Either side may probe first; an answered probe resets the other's
-        // idle timer (strongSwan counts any inbound IKE message), so one
-        // direction is all that is certain.
-        let (before, after) = peer
-            .wait_for_dpd(DPD_WAIT)
-            .context("no DPD exchange between strongSwan and tandemd while idle")?;
-        println!("{label}: DPD while idle {before:?} -> {after:?}");
-        peer.established()?
-            .context("tunnel lost while idle (DPD)")?;
-        let p = ping(
-            &net.peer,
-            SiteToSite::PEER_INNER,
-            SiteToSite::GW_INNER,
-            20,
-            Duration::from_millis(10),
-        )?;
-        ensure!(
-            p.lost() == 0,
-            "ping after the idle period lost {} of 20",
-            p.lost()
-        );
-
-        // DELETE from one side: both must end up without the SA.
-        if case.delete_from_peer {
-            peer.terminate_ike(CONN)?;
-            wait_for("tandemd to drop the IKE SA", Duration::from_secs(5), || {
-                no_ike_sas(&gw)
-            })?;
-        } else {
-            gw.ctl(&["terminate", CONN])?;
-            wait_for(
-                "strongSwan to drop the IKE SA",
-                Duration::from_secs(5),
-                || Ok(peer.list_sas()?.is_empty().then_some(())),
-            )?;
-            wait_for("tandemd to drop the IKE SA", Duration::from_secs(5), || {
-                no_ike_sas(&gw)
-            })?;
-        }
-        // Traffic into tandemd's TUN must no longer leave as ESP.
-        let tx = net.gw_outer_tx_packets()?;
-        ping(
-            &net.gw,
-            SiteToSite::GW_INNER,
-            SiteToSite::PEER_INNER,
-            20,
-            Duration::from_millis(10),
-        )?;
-        let sent = net.gw_outer_tx_packets()? - tx;
-        // A neighbour probe or two may go out; 20 encrypted pings may not.
-        ensure!(
-            sent <= 2,
-            "tandemd still sent {sent} packets after the DELETE"
-        );
-        Ok(())
-    };
-    let result = steps().with_context(|| {
+    let result = exercise(&case, &label, &net, &peer, &gw).with_context(|| {
         format!(
             "{label}\n--- strongSwan log tail:\n{}\n--- tandemd log tail:\n{}",
             peer.log_tail(40),
@@ -232,17 +119,154 @@ fn run(case: Case) -> anyhow::Result<()> {
     check_gone(&namespaces, &pids)
 }
 
+/// The checks of one case, on a running strongSwan and tandemd.
+fn exercise(
+    case: &Case,
+    label: &str,
+    net: &SiteToSite,
+    peer: &Charon,
+    gw: &Tandemd,
+) -> anyhow::Result<()> {
+    let dir = net.dir.path();
+    if !case.tandem_initiates {
+        peer.initiate(CONN)?;
+    }
+    peer.wait_established()?;
+    check_agreement(peer, gw)?;
+
+    // Traffic both ways.
+    for (ns, src, dst) in [
+        (&net.peer, SiteToSite::PEER_INNER, SiteToSite::GW_INNER),
+        (&net.gw, SiteToSite::GW_INNER, SiteToSite::PEER_INNER),
+    ] {
+        let p = ping(ns, src, dst, 200, Duration::from_millis(10))?;
+        ensure!(
+            p.lost() == 0,
+            "ping {src} -> {dst} lost {} of {}",
+            p.lost(),
+            p.sent
+        );
+    }
+    let up = iperf3(
+        &net.gw,
+        SiteToSite::GW_INNER,
+        &net.peer,
+        SiteToSite::PEER_INNER,
+        3,
+        dir,
+    )?;
+    let down = iperf3(
+        &net.peer,
+        SiteToSite::PEER_INNER,
+        &net.gw,
+        SiteToSite::GW_INNER,
+        3,
+        dir,
+    )?;
+    println!("{label}: iperf3 peer->gw {up:.0} Mbit/s, gw->peer {down:.0} Mbit/s");
+
+    // Rekeys under traffic: 12 s of ping at 100 per second.
+    let before = peer.snapshot()?;
+    let bg = BackgroundPing::start(
+        &net.peer,
+        dir,
+        SiteToSite::PEER_INNER,
+        SiteToSite::GW_INNER,
+        REKEY_PHASE_PINGS,
+        Duration::from_millis(10),
+    )?;
+    let p = bg.finish(Duration::from_secs(30))?;
+    let after = peer.snapshot()?;
+    println!(
+        "{label}: rekey phase lost {} of {} pings ({:.2}%)",
+        p.lost(),
+        p.sent,
+        p.loss_percent()
+    );
+    ensure!(
+        p.loss_percent() < 0.1,
+        "rekey phase lost {} of {} pings (limit 0.1%)",
+        p.lost(),
+        p.sent
+    );
+    println!("{label}: {}", after.check_rekeyed_since(&before)?);
+    check_agreement(peer, gw)?;
+
+    // DPD: idle until a DPD exchange completes; the SA must survive it.
+    // Either side may probe first; an answered probe resets the other's
+    // idle timer (strongSwan counts any inbound IKE message), so one
+    // direction is all that is certain.
+    let (before, after) = peer
+        .wait_for_dpd(DPD_WAIT)
+        .context("no DPD exchange between strongSwan and tandemd while idle")?;
+    println!("{label}: DPD while idle {before:?} -> {after:?}");
+    peer.established()?
+        .context("tunnel lost while idle (DPD)")?;
+    let p = ping(
+        &net.peer,
+        SiteToSite::PEER_INNER,
+        SiteToSite::GW_INNER,
+        20,
+        Duration::from_millis(10),
+    )?;
+    ensure!(
+        p.lost() == 0,
+        "ping after the idle period lost {} of 20",
+        p.lost()
+    );
+
+    // DELETE from one side: both must end up without the SA.
+    if case.delete_from_peer {
+        peer.terminate_ike(CONN)?;
+        wait_for("tandemd to drop the IKE SA", Duration::from_secs(5), || {
+            no_ike_sas(gw)
+        })?;
+    } else {
+        gw.ctl(&["terminate", CONN])?;
+        wait_for(
+            "strongSwan to drop the IKE SA",
+            Duration::from_secs(5),
+            || Ok(peer.list_sas()?.is_empty().then_some(())),
+        )?;
+        wait_for("tandemd to drop the IKE SA", Duration::from_secs(5), || {
+            no_ike_sas(gw)
+        })?;
+    }
+    // Traffic into tandemd's TUN must no longer leave as ESP.
+    let tx = net.gw_outer_tx_packets()?;
+    ping(
+        &net.gw,
+        SiteToSite::GW_INNER,
+        SiteToSite::PEER_INNER,
+        20,
+        Duration::from_millis(10),
+    )?;
+    let sent = net.gw_outer_tx_packets()? - tx;
+    // A neighbour probe or two may go out; 20 encrypted pings may not.
+    ensure!(
+        sent <= 2,
+        "tandemd still sent {sent} packets after the DELETE"
+    );
+    Ok(())
+}
+
 /// Each combo runs with strongSwan initiating and with tandemd initiating. The
 /// DELETE comes from strongSwan in one of the two and from tandemd in the
-/// other, alternating between combos, so each initiator also sees both.
+/// other (the boolean: strongSwan deletes when it initiated), alternating
+/// between combos, so each initiator also sees both.
 macro_rules! interop {
-    ($($name:ident: $ike:literal, $esp:literal, peer_deletes_first: $first:literal;)*) => {
+    ($($name:ident: $ike:literal, $esp:literal, $first:literal;)*) => {
         mod strongswan_initiates {
             use super::*;
             $(
                 #[test]
                 fn $name() -> anyhow::Result<()> {
-                    run(Case { ike: $ike, esp: $esp, tandem_initiates: false, delete_from_peer: $first })
+                    run(Case {
+                        ike: $ike,
+                        esp: $esp,
+                        tandem_initiates: false,
+                        delete_from_peer: $first,
+                    })
                 }
             )*
         }
@@ -251,7 +275,12 @@ macro_rules! interop {
             $(
                 #[test]
                 fn $name() -> anyhow::Result<()> {
-                    run(Case { ike: $ike, esp: $esp, tandem_initiates: true, delete_from_peer: !$first })
+                    run(Case {
+                        ike: $ike,
+                        esp: $esp,
+                        tandem_initiates: true,
+                        delete_from_peer: !$first,
+                    })
                 }
             )*
         }
@@ -259,10 +288,10 @@ macro_rules! interop {
 }
 
 interop! {
-    gcm256_x25519: "aes256gcm16-prfsha256-curve25519", "aes256gcm16", peer_deletes_first: true;
-    gcm128_ecp256_pfs: "aes128gcm16-prfsha384-ecp256", "aes128gcm16-ecp256", peer_deletes_first: false;
-    cbc256_sha384_ecp384: "aes256-sha384-ecp384", "aes256-sha384", peer_deletes_first: true;
-    cbc128_sha256_modp2048_pfs: "aes128-sha256-modp2048", "aes128-sha256-modp2048", peer_deletes_first: false;
-    cbc256_sha512_x25519_esn: "aes256-sha512-curve25519", "aes256-sha512-esn", peer_deletes_first: true;
-    cbc128_sha1_modp2048: "aes128-sha1-modp2048", "aes128-sha1", peer_deletes_first: false;
+    gcm256_x25519: "aes256gcm16-prfsha256-curve25519", "aes256gcm16", true;
+    gcm128_ecp256_pfs: "aes128gcm16-prfsha384-ecp256", "aes128gcm16-ecp256", false;
+    cbc256_sha384_ecp384: "aes256-sha384-ecp384", "aes256-sha384", true;
+    cbc128_sha256_modp2048_pfs: "aes128-sha256-modp2048", "aes128-sha256-modp2048", false;
+    cbc256_sha512_x25519_esn: "aes256-sha512-curve25519", "aes256-sha512-esn", true;
+    cbc128_sha1_modp2048: "aes128-sha1-modp2048", "aes128-sha1", false;
 }
