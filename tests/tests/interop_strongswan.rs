@@ -2,7 +2,12 @@
 //! namespaces: six proposal families covering every cipher family and DH group
 //! Tandem implements, each with strongSwan initiating and with tandemd
 //! initiating. Each case checks traffic both ways, throughput, child and IKE
-//! rekeys under traffic, DPD, and a DELETE from one side.
+//! rekeys under traffic, DPD, and a DELETE from one side (~40 s a case).
+//!
+//! One case with its figures and logs kept:
+//! `TANDEM_KEEP_LOGS=1 cargo test -p tandem-tests --test interop_strongswan
+//! strongswan_initiates::gcm256_x25519 -- --nocapture`
+//! (after `cargo build -p tandem-gateway`; as root).
 
 use std::time::Duration;
 
@@ -294,6 +299,9 @@ interop! {
     gcm128_ecp256_pfs: "aes128gcm16-prfsha384-ecp256", "aes128gcm16-ecp256", false;
     cbc256_sha384_ecp384: "aes256-sha384-ecp384", "aes256-sha384", true;
     cbc128_sha256_modp2048_pfs: "aes128-sha256-modp2048", "aes128-sha256-modp2048", false;
-    cbc256_sha512_x25519_esn: "aes256-sha512-curve25519", "aes256-sha512-esn", true;
+    // Not "aes256-sha512-esn": strongSwan's kernel-libipsec refuses ESN ("IPsec
+    // SA: ESN not supported", NO_PROPOSAL_CHOSEN), checked here; ESN is covered
+    // by tandem-esp's own tests.
+    cbc256_sha512_x25519: "aes256-sha512-curve25519", "aes256-sha512", true;
     cbc128_sha1_modp2048: "aes128-sha1-modp2048", "aes128-sha1", false;
 }
