@@ -300,8 +300,8 @@ interop! {
     cbc256_sha384_ecp384: "aes256-sha384-ecp384", "aes256-sha384", true;
     cbc128_sha256_modp2048_pfs: "aes128-sha256-modp2048", "aes128-sha256-modp2048", false;
     // Not "aes256-sha512-esn": strongSwan's kernel-libipsec refuses ESN ("IPsec
-    // SA: ESN not supported", NO_PROPOSAL_CHOSEN), checked here; ESN is covered
-    // by tandem-esp's own tests.
+    // SA: ESN not supported", NO_PROPOSAL_CHOSEN), checked here: ESN cannot be
+    // tested against this peer.
     cbc256_sha512_x25519: "aes256-sha512-curve25519", "aes256-sha512", true;
     cbc128_sha1_modp2048: "aes128-sha1-modp2048", "aes128-sha1", false;
 }
