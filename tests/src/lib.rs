@@ -66,7 +66,8 @@ fn run_output(cmd: &mut Command) -> anyhow::Result<String> {
         .with_context(|| format!("cannot run {cmd:?}"))?;
     ensure!(
         out.status.success(),
-        "{cmd:?} failed: {}{}",
+        "{cmd:?} failed ({}): {} {}",
+        out.status,
         String::from_utf8_lossy(&out.stderr).trim(),
         String::from_utf8_lossy(&out.stdout).trim()
     );
