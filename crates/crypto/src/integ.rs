@@ -60,6 +60,9 @@ impl IntegAlg {
 #[derive(Clone)]
 pub struct Integrity {
     alg: IntegAlg,
+    /// HMAC with the inner and outer pads already absorbed; each ICV clones it, so
+    /// the per-packet cost is the message hashing alone.
+    keyed: KeyedHmac,
 }
 
 impl std::fmt::Debug for Integrity {
@@ -70,9 +73,20 @@ impl std::fmt::Debug for Integrity {
 
 impl Integrity {
     pub fn new(alg: IntegAlg, key: &Secret) -> Result<Self, CryptoError> {
-        let _ = key;
-        let _ = Self { alg };
-        unimplemented!("filled in by the crypto work")
+        if key.len() != alg.key_len() {
+            return Err(CryptoError::KeyLength {
+                alg: alg.name(),
+                want: alg.key_len(),
+                got: key.len(),
+            });
+        }
+        let hash = match alg {
+            IntegAlg::HmacSha1_96 => HashAlg::Sha1,
+            IntegAlg::HmacSha256_128 => HashAlg::Sha256,
+            IntegAlg::HmacSha384_192 => HashAlg::Sha384,
+            IntegAlg::HmacSha512_256 => HashAlg::Sha512,
+        };
+        Ok(Self { alg, keyed: KeyedHmac::new(hash, key.expose()) })
     }
 
     pub fn alg(&self) -> IntegAlg {
@@ -82,13 +96,96 @@ impl Integrity {
     /// Writes the truncated ICV over the concatenation of `parts` into
     /// `out[..icv_len]`.
     pub fn compute(&self, parts: &[&[u8]], out: &mut [u8]) {
-        let _ = (parts, out);
-        unimplemented!("filled in by the crypto work")
+        let full = self.keyed.mac(parts);
+        let icv_len = self.alg.icv_len();
+        out[..icv_len].copy_from_slice(&full.as_slice()[..icv_len]);
     }
 
     /// Constant-time check of `icv` against the ICV over `parts`.
     pub fn verify(&self, parts: &[&[u8]], icv: &[u8]) -> Result<(), CryptoError> {
-        let _ = (parts, icv);
-        unimplemented!("filled in by the crypto work")
+        use subtle::ConstantTimeEq;
+        let full = self.keyed.mac(parts);
+        let expected = &full.as_slice()[..self.alg.icv_len()];
+        // Length is public (fixed per algorithm); only the contents need constant time.
+        if expected.ct_eq(icv).into() { Ok(()) } else { Err(CryptoError::Authentication) }
+    }
+}
+
+impl IntegAlg {
+    fn name(self) -> &'static str {
+        match self {
+            Self::HmacSha1_96 => "HMAC-SHA1-96",
+            Self::HmacSha256_128 => "HMAC-SHA2-256-128",
+            Self::HmacSha384_192 => "HMAC-SHA2-384-192",
+            Self::HmacSha512_256 => "HMAC-SHA2-512-256",
+        }
+    }
+}
+
+/// The hash under an HMAC, shared by the integrity transforms and the PRFs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum HashAlg {
+    Sha1,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+/// HMAC keyed once, for any of the hashes we use.
+#[derive(Clone)]
+pub(crate) enum KeyedHmac {
+    Sha1(hmac::Hmac<sha1::Sha1>),
+    Sha256(hmac::Hmac<sha2::Sha256>),
+    Sha384(hmac::Hmac<sha2::Sha384>),
+    Sha512(hmac::Hmac<sha2::Sha512>),
+}
+
+/// A full-length HMAC output, up to SHA-512's 64 bytes, kept on the stack.
+pub(crate) struct MacOutput {
+    bytes: zeroize::Zeroizing<[u8; 64]>,
+    len: usize,
+}
+
+impl MacOutput {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl KeyedHmac {
+    /// HMAC takes keys of any length (RFC 2104 section 2), which IKE relies on when
+    /// it keys the PRF with `Ni | Nr`.
+    pub(crate) fn new(hash: HashAlg, key: &[u8]) -> Self {
+        fn keyed<M: hmac::KeyInit>(key: &[u8]) -> M {
+            // HMAC hashes long keys and pads short ones, so every length is valid.
+            #[allow(clippy::expect_used)]
+            M::new_from_slice(key).expect("HMAC accepts keys of any length")
+        }
+        match hash {
+            HashAlg::Sha1 => Self::Sha1(keyed(key)),
+            HashAlg::Sha256 => Self::Sha256(keyed(key)),
+            HashAlg::Sha384 => Self::Sha384(keyed(key)),
+            HashAlg::Sha512 => Self::Sha512(keyed(key)),
+        }
+    }
+
+    /// The untruncated MAC over the concatenation of `parts`.
+    pub(crate) fn mac(&self, parts: &[&[u8]]) -> MacOutput {
+        fn run<M: hmac::Mac + Clone>(keyed: &M, parts: &[&[u8]]) -> MacOutput {
+            let mut mac = keyed.clone();
+            for part in parts {
+                mac.update(part);
+            }
+            let tag = mac.finalize().into_bytes();
+            let mut bytes = zeroize::Zeroizing::new([0u8; 64]);
+            bytes[..tag.len()].copy_from_slice(&tag);
+            MacOutput { bytes, len: tag.len() }
+        }
+        match self {
+            Self::Sha1(m) => run(m, parts),
+            Self::Sha256(m) => run(m, parts),
+            Self::Sha384(m) => run(m, parts),
+            Self::Sha512(m) => run(m, parts),
+        }
     }
 }
