@@ -9,7 +9,10 @@ use tandem_crypto::{AeadBackend, aead::aes_gcm};
 const PACKET: usize = 1400;
 
 fn gcm(c: &mut Criterion) {
-    let backends = [("ring", AeadBackend::Ring), ("rustcrypto", AeadBackend::RustCrypto)];
+    let backends = [
+        ("ring", AeadBackend::Ring),
+        ("rustcrypto", AeadBackend::RustCrypto),
+    ];
     for key_len in [16usize, 32] {
         let mut group = c.benchmark_group(format!("aes-{}-gcm", key_len * 8));
         group.throughput(Throughput::Bytes(PACKET as u64));

@@ -34,7 +34,13 @@ pub fn aes_gcm(backend: AeadBackend, key: &[u8]) -> Result<Box<dyn Aead>, Crypto
     let alg = match key.len() {
         16 => GcmKeySize::Aes128,
         32 => GcmKeySize::Aes256,
-        got => return Err(CryptoError::KeyLength { alg: "AES-GCM", want: 16, got }),
+        got => {
+            return Err(CryptoError::KeyLength {
+                alg: "AES-GCM",
+                want: 16,
+                got,
+            });
+        }
     };
     Ok(match backend {
         AeadBackend::Ring => Box::new(RingGcm::new(alg, key)?),
@@ -64,7 +70,11 @@ impl GcmKeySize {
     }
 
     fn key_length_error(self, got: usize) -> CryptoError {
-        CryptoError::KeyLength { alg: self.name(), want: self.key_len(), got }
+        CryptoError::KeyLength {
+            alg: self.name(),
+            want: self.key_len(),
+            got,
+        }
     }
 }
 
@@ -80,13 +90,17 @@ impl RingGcm {
         };
         let key = ring::aead::UnboundKey::new(ring_alg, key)
             .map_err(|_| alg.key_length_error(key.len()))?;
-        Ok(Self { key: ring::aead::LessSafeKey::new(key) })
+        Ok(Self {
+            key: ring::aead::LessSafeKey::new(key),
+        })
     }
 }
 
 impl std::fmt::Debug for RingGcm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RingGcm").field("alg", self.key.algorithm()).finish_non_exhaustive()
+        f.debug_struct("RingGcm")
+            .field("alg", self.key.algorithm())
+            .finish_non_exhaustive()
     }
 }
 
@@ -131,8 +145,12 @@ impl RustCryptoGcm {
         use aes_gcm::KeyInit;
         let err = |_| alg.key_length_error(key.len());
         Ok(match alg {
-            GcmKeySize::Aes128 => Self::Aes128(aes_gcm::Aes128Gcm::new_from_slice(key).map_err(err)?),
-            GcmKeySize::Aes256 => Self::Aes256(aes_gcm::Aes256Gcm::new_from_slice(key).map_err(err)?),
+            GcmKeySize::Aes128 => {
+                Self::Aes128(aes_gcm::Aes128Gcm::new_from_slice(key).map_err(err)?)
+            }
+            GcmKeySize::Aes256 => {
+                Self::Aes256(aes_gcm::Aes256Gcm::new_from_slice(key).map_err(err)?)
+            }
         })
     }
 }
@@ -143,7 +161,9 @@ impl std::fmt::Debug for RustCryptoGcm {
             Self::Aes128(_) => GcmKeySize::Aes128,
             Self::Aes256(_) => GcmKeySize::Aes256,
         };
-        f.debug_struct("RustCryptoGcm").field("alg", &alg.name()).finish_non_exhaustive()
+        f.debug_struct("RustCryptoGcm")
+            .field("alg", &alg.name())
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,6 +1,6 @@
 //! Diffie-Hellman groups for IKEv2 key exchange, with peer public value validation.
 
-use crate::{CryptoError, SecureRandom, Secret};
+use crate::{CryptoError, Secret, SecureRandom};
 
 /// Supported DH groups (IANA "Transform Type 4"). MODP groups below 2048 bits are
 /// deliberately absent.
@@ -54,7 +54,9 @@ pub struct DhPrivate {
 
 impl std::fmt::Debug for DhPrivate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DhPrivate").field("group", &self.group).finish_non_exhaustive()
+        f.debug_struct("DhPrivate")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
     }
 }
 

@@ -67,7 +67,9 @@ pub struct Integrity {
 
 impl std::fmt::Debug for Integrity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Integrity").field("alg", &self.alg).finish_non_exhaustive()
+        f.debug_struct("Integrity")
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -86,7 +88,10 @@ impl Integrity {
             IntegAlg::HmacSha384_192 => HashAlg::Sha384,
             IntegAlg::HmacSha512_256 => HashAlg::Sha512,
         };
-        Ok(Self { alg, keyed: KeyedHmac::new(hash, key.expose()) })
+        Ok(Self {
+            alg,
+            keyed: KeyedHmac::new(hash, key.expose()),
+        })
     }
 
     pub fn alg(&self) -> IntegAlg {
@@ -107,12 +112,16 @@ impl Integrity {
         let full = self.keyed.mac(parts);
         let expected = &full.as_slice()[..self.alg.icv_len()];
         // Length is public (fixed per algorithm); only the contents need constant time.
-        if expected.ct_eq(icv).into() { Ok(()) } else { Err(CryptoError::Authentication) }
+        if expected.ct_eq(icv).into() {
+            Ok(())
+        } else {
+            Err(CryptoError::Authentication)
+        }
     }
 }
 
 impl IntegAlg {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::HmacSha1_96 => "HMAC-SHA1-96",
             Self::HmacSha256_128 => "HMAC-SHA2-256-128",
@@ -179,7 +188,10 @@ impl KeyedHmac {
             let tag = mac.finalize().into_bytes();
             let mut bytes = zeroize::Zeroizing::new([0u8; 64]);
             bytes[..tag.len()].copy_from_slice(&tag);
-            MacOutput { bytes, len: tag.len() }
+            MacOutput {
+                bytes,
+                len: tag.len(),
+            }
         }
         match self {
             Self::Sha1(m) => run(m, parts),

@@ -38,7 +38,12 @@ impl SeededRandom {
     pub fn new(seed: u64) -> Self {
         use sha2::{Digest, Sha256};
         let seed: [u8; 32] = Sha256::digest(seed.to_le_bytes()).into();
-        Self { seed, counter: 0, buf: [0; 32], used: 32 }
+        Self {
+            seed,
+            counter: 0,
+            buf: [0; 32],
+            used: 32,
+        }
     }
 }
 
