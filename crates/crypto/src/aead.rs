@@ -198,3 +198,159 @@ impl Aead for RustCryptoGcm {
         .map_err(|_| CryptoError::Authentication)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BACKENDS: [AeadBackend; 2] = [AeadBackend::Ring, AeadBackend::RustCrypto];
+
+    struct Case {
+        name: &'static str,
+        key: &'static str,
+        iv: &'static str,
+        aad: &'static str,
+        plaintext: &'static str,
+        ciphertext: &'static str,
+        tag: &'static str,
+    }
+
+    const GCM_P: &str = "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72\
+                         1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b391aafd255";
+    const GCM_K: &str = "feffe9928665731c6d6a8f9467308308";
+    const GCM_A: &str = "feedfacedeadbeeffeedfacedeadbeefabaddad2";
+
+    /// McGrew and Viega, "The Galois/Counter Mode of Operation", appendix B.
+    const CASES: [Case; 6] = [
+        Case {
+            name: "2",
+            key: "00000000000000000000000000000000",
+            iv: "000000000000000000000000",
+            aad: "",
+            plaintext: "00000000000000000000000000000000",
+            ciphertext: "0388dace60b6a392f328c2b971b2fe78",
+            tag: "ab6e47d42cec13bdf53a67b21257bddf",
+        },
+        Case {
+            name: "3",
+            key: GCM_K,
+            iv: "cafebabefacedbaddecaf888",
+            aad: "",
+            plaintext: GCM_P,
+            ciphertext: "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e\
+                         21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091473f5985",
+            tag: "4d5c2af327cd64a62cf35abd2ba6fab4",
+        },
+        Case {
+            name: "4",
+            key: GCM_K,
+            iv: "cafebabefacedbaddecaf888",
+            aad: GCM_A,
+            plaintext: "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72\
+                        1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",
+            ciphertext: "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e\
+                         21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091",
+            tag: "5bc94fbc3221a5db94fae95ae7121a47",
+        },
+        Case {
+            name: "14",
+            key: "0000000000000000000000000000000000000000000000000000000000000000",
+            iv: "000000000000000000000000",
+            aad: "",
+            plaintext: "00000000000000000000000000000000",
+            ciphertext: "cea7403d4d606b6e074ec5d3baf39d18",
+            tag: "d0d1c8a799996bf0265b98b5d48ab919",
+        },
+        Case {
+            name: "15",
+            key: "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308",
+            iv: "cafebabefacedbaddecaf888",
+            aad: "",
+            plaintext: GCM_P,
+            ciphertext: "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa\
+                         8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662898015ad",
+            tag: "b094dac5d93471bdec1a502270e3cc6c",
+        },
+        Case {
+            name: "16",
+            key: "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308",
+            iv: "cafebabefacedbaddecaf888",
+            aad: GCM_A,
+            plaintext: "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72\
+                        1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",
+            ciphertext: "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa\
+                         8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662",
+            tag: "76fc6ece0f4e1768cddf8853bb2d551b",
+        },
+    ];
+
+    fn unhex(s: &str) -> Vec<u8> {
+        hex::decode(s).expect("test vector hex")
+    }
+
+    #[test]
+    fn gcm_known_answers_on_both_backends() {
+        for case in &CASES {
+            for backend in BACKENDS {
+                let aead = aes_gcm(backend, &unhex(case.key)).expect("key length");
+                let nonce: [u8; 12] = unhex(case.iv).try_into().expect("12-byte IV");
+                let aad = unhex(case.aad);
+                let mut buf = unhex(case.plaintext);
+                let tag = aead.seal_in_place(&nonce, &aad, &mut buf);
+                assert_eq!(hex::encode(&buf), case.ciphertext, "case {} {backend:?}", case.name);
+                assert_eq!(hex::encode(tag), case.tag, "case {} {backend:?}", case.name);
+
+                aead.open_in_place(&nonce, &aad, &mut buf, &tag).expect("authentic");
+                assert_eq!(hex::encode(&buf), case.plaintext, "case {} {backend:?}", case.name);
+            }
+        }
+    }
+
+    #[test]
+    fn gcm_rejects_any_flipped_bit_on_both_backends() {
+        let case = &CASES[2];
+        for backend in BACKENDS {
+            let aead = aes_gcm(backend, &unhex(case.key)).expect("key length");
+            let nonce: [u8; 12] = unhex(case.iv).try_into().expect("12-byte IV");
+            let aad = unhex(case.aad);
+            let ciphertext = unhex(case.ciphertext);
+            let tag: [u8; 16] = unhex(case.tag).try_into().expect("16-byte tag");
+            let total_bits = (aad.len() + ciphertext.len() + tag.len()) * 8;
+            for bit in (0..total_bits).step_by(7) {
+                let (mut aad, mut ct, mut tag) = (aad.clone(), ciphertext.clone(), tag);
+                let byte = bit / 8;
+                let mask = 1 << (bit % 8);
+                if byte < aad.len() {
+                    aad[byte] ^= mask;
+                } else if byte < aad.len() + ct.len() {
+                    ct[byte - aad.len()] ^= mask;
+                } else {
+                    tag[byte - aad.len() - ct.len()] ^= mask;
+                }
+                assert_eq!(
+                    aead.open_in_place(&nonce, &aad, &mut ct, &tag),
+                    Err(CryptoError::Authentication),
+                    "bit {bit} {backend:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gcm_key_lengths() {
+        for backend in BACKENDS {
+            for len in [0, 15, 17, 24, 31, 33] {
+                assert!(
+                    matches!(aes_gcm(backend, &vec![0; len]), Err(CryptoError::KeyLength { got, .. }) if got == len),
+                    "{len} {backend:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn default_backend_is_ring() {
+        // The benchmark (benches/aead.rs) found ring faster on our hardware.
+        assert_eq!(AeadBackend::default(), AeadBackend::Ring);
+    }
+}

@@ -201,3 +201,103 @@ impl KeyedHmac {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn icv(alg: IntegAlg, key: &[u8], data: &[u8]) -> Vec<u8> {
+        let integ = Integrity::new(alg, &Secret::from_slice(key)).expect("key length");
+        let mut out = vec![0u8; alg.icv_len()];
+        integ.compute(&[data], &mut out);
+        out
+    }
+
+    #[test]
+    fn hmac_sha1_96_rfc2202() {
+        // RFC 2202 section 3, test cases 1 and 3 (the 20-byte keys), truncated to
+        // 96 bits as RFC 2404 does.
+        assert_eq!(
+            hex::encode(icv(IntegAlg::HmacSha1_96, &[0x0b; 20], b"Hi There")),
+            "b617318655057264e28bc0b6"
+        );
+        assert_eq!(
+            hex::encode(icv(IntegAlg::HmacSha1_96, &[0xaa; 20], &[0xdd; 50])),
+            "125d7342b9ac11cd91a39af4"
+        );
+    }
+
+    #[test]
+    fn hmac_sha2_truncated_rfc4868() {
+        // RFC 4868 section 2.7.2, test case 1: key 0x0b repeated to the key length.
+        let cases = [
+            (IntegAlg::HmacSha256_128, "198a607eb44bfbc69903a0f1cf2bbdc5"),
+            (IntegAlg::HmacSha384_192, "b6a8d5636f5c6a7224f9977dcf7ee6c7fb6d0c48cbdee973"),
+            (
+                IntegAlg::HmacSha512_256,
+                "637edc6e01dce7e6742a99451aae82df23da3e92439e590e43e761b33e910fb8",
+            ),
+        ];
+        for (alg, want) in cases {
+            let key = vec![0x0b; alg.key_len()];
+            assert_eq!(hex::encode(icv(alg, &key, b"Hi There")), want, "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn parts_are_concatenated() {
+        let key = Secret::from_slice(&[7; 32]);
+        let integ = Integrity::new(IntegAlg::HmacSha256_128, &key).expect("key length");
+        let mut whole = [0u8; 16];
+        let mut split = [0u8; 16];
+        integ.compute(&[b"Hi There"], &mut whole);
+        integ.compute(&[b"Hi", b"", b" There"], &mut split);
+        assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn verify_accepts_own_icv_and_rejects_any_flip() {
+        for alg in [
+            IntegAlg::HmacSha1_96,
+            IntegAlg::HmacSha256_128,
+            IntegAlg::HmacSha384_192,
+            IntegAlg::HmacSha512_256,
+        ] {
+            let key = Secret::new(vec![0x42; alg.key_len()]);
+            let integ = Integrity::new(alg, &key).expect("key length");
+            let mut out = vec![0u8; alg.icv_len()];
+            integ.compute(&[b"header", b"body"], &mut out);
+            assert_eq!(integ.verify(&[b"header", b"body"], &out), Ok(()));
+            for bit in 0..out.len() * 8 {
+                let mut bad = out.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert_eq!(
+                    integ.verify(&[b"header", b"body"], &bad),
+                    Err(CryptoError::Authentication)
+                );
+            }
+            assert_eq!(
+                integ.verify(&[b"header", b"body"], &out[..out.len() - 1]),
+                Err(CryptoError::Authentication)
+            );
+            assert_eq!(integ.verify(&[b"header", b"bodY"], &out), Err(CryptoError::Authentication));
+        }
+    }
+
+    #[test]
+    fn key_length_must_match() {
+        let short = Secret::from_slice(&[1; 20]);
+        assert_eq!(
+            Integrity::new(IntegAlg::HmacSha256_128, &short).map(|_| ()),
+            Err(CryptoError::KeyLength { alg: "HMAC-SHA2-256-128", want: 32, got: 20 })
+        );
+    }
+
+    #[test]
+    fn debug_hides_key() {
+        let integ = Integrity::new(IntegAlg::HmacSha1_96, &Secret::from_slice(&[0xab; 20]))
+            .expect("key length");
+        let shown = format!("{integ:?}");
+        assert!(shown.contains("HmacSha1_96") && !shown.contains("ab, ab") && !shown.contains("171"));
+    }
+}

@@ -56,3 +56,26 @@ impl std::fmt::Debug for Secret {
         write!(f, "Secret({} bytes, fp {})", self.len(), self.fingerprint())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_length_and_fingerprint_not_bytes() {
+        let secret = Secret::from_slice(&[0xde, 0xad, 0xbe, 0xef, 0x42]);
+        let shown = format!("{secret:?}");
+        assert!(shown.starts_with("Secret(5 bytes, fp "), "{shown}");
+        assert!(!shown.contains("dead") && !shown.contains("222") && !shown.contains("0xde"));
+        assert_eq!(shown, format!("Secret(5 bytes, fp {})", secret.fingerprint()));
+    }
+
+    #[test]
+    fn split_carves_consecutive_keys() {
+        let secret = Secret::from_slice(&[1, 2, 3, 4, 5]);
+        let parts = secret.split(&[2, 3]).expect("enough bytes");
+        assert_eq!(parts[0].expose(), &[1, 2]);
+        assert_eq!(parts[1].expose(), &[3, 4, 5]);
+        assert!(secret.split(&[4, 2]).is_none());
+    }
+}
