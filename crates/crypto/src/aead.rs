@@ -297,11 +297,22 @@ mod tests {
                 let aad = unhex(case.aad);
                 let mut buf = unhex(case.plaintext);
                 let tag = aead.seal_in_place(&nonce, &aad, &mut buf);
-                assert_eq!(hex::encode(&buf), case.ciphertext, "case {} {backend:?}", case.name);
+                assert_eq!(
+                    hex::encode(&buf),
+                    case.ciphertext,
+                    "case {} {backend:?}",
+                    case.name
+                );
                 assert_eq!(hex::encode(tag), case.tag, "case {} {backend:?}", case.name);
 
-                aead.open_in_place(&nonce, &aad, &mut buf, &tag).expect("authentic");
-                assert_eq!(hex::encode(&buf), case.plaintext, "case {} {backend:?}", case.name);
+                aead.open_in_place(&nonce, &aad, &mut buf, &tag)
+                    .expect("authentic");
+                assert_eq!(
+                    hex::encode(&buf),
+                    case.plaintext,
+                    "case {} {backend:?}",
+                    case.name
+                );
             }
         }
     }

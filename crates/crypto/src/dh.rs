@@ -201,7 +201,9 @@ impl DhPrivate {
     #[cfg(test)]
     fn from_private_bytes(group: DhGroup, bytes: &[u8]) -> Option<Self> {
         let key = match group {
-            DhGroup::Modp2048 => modp_private(Zeroizing::new(U256::from_be_slice(bytes))),
+            DhGroup::Modp2048 => modp_private(Zeroizing::new(U256::from_be_slice(
+                <&[u8; 32]>::try_from(bytes).ok()?,
+            ))),
             DhGroup::Ecp256 => PrivateKey::Ecp256(p256::SecretKey::from_slice(bytes).ok()?),
             DhGroup::Ecp384 => PrivateKey::Ecp384(p384::SecretKey::from_slice(bytes).ok()?),
             DhGroup::Curve25519 => PrivateKey::Curve25519(x25519_dalek::StaticSecret::from(
@@ -252,4 +254,208 @@ fn uncompressed<const N: usize>(x_y: &[u8]) -> [u8; N] {
     point[0] = 0x04;
     point[1..].copy_from_slice(x_y);
     point
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SeededRandom;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        hex::decode(s).expect("test vector hex")
+    }
+
+    fn known(group: DhGroup, private: &str) -> DhPrivate {
+        DhPrivate::from_private_bytes(group, &unhex(private)).expect("valid private value")
+    }
+
+    /// RFC 5903 section 8: both sides' public values and the shared x coordinate.
+    fn check_rfc5903(group: DhGroup, i: &str, gi: &str, r: &str, gr: &str, girx: &str) {
+        let (ours, theirs) = (known(group, i), known(group, r));
+        assert_eq!(hex::encode(ours.public_value()), gi);
+        assert_eq!(hex::encode(theirs.public_value()), gr);
+        assert_eq!(
+            hex::encode(ours.agree(&unhex(gr)).expect("valid").expose()),
+            girx
+        );
+        assert_eq!(
+            hex::encode(theirs.agree(&unhex(gi)).expect("valid").expose()),
+            girx
+        );
+
+        // A point off the curve: the last bit of y flipped.
+        let mut bad = unhex(gr);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(matches!(
+            ours.agree(&bad),
+            Err(CryptoError::InvalidPublicValue { .. })
+        ));
+        assert!(matches!(
+            ours.agree(&vec![0; group.public_len()]),
+            Err(CryptoError::InvalidPublicValue { .. })
+        ));
+        assert!(matches!(
+            ours.agree(&unhex(gr)[1..]),
+            Err(CryptoError::InvalidPublicValue { .. })
+        ));
+    }
+
+    #[test]
+    fn ecp256_rfc5903_section_8_1() {
+        check_rfc5903(
+            DhGroup::Ecp256,
+            "c88f01f510d9ac3f70a292daa2316de544e9aab8afe84049c62a9c57862d1433",
+            "dad0b65394221cf9b051e1feca5787d098dfe637fc90b9ef945d0c3772581180\
+             5271a0461cdb8252d61f1c456fa3e59ab1f45b33accf5f58389e0577b8990bb3",
+            "c6ef9c5d78ae012a011164acb397ce2088685d8f06bf9be0b283ab46476bee53",
+            "d12dfb5289c8d4f81208b70270398c342296970a0bccb74c736fc7554494bf63\
+             56fbf3ca366cc23e8157854c13c58d6aac23f046ada30f8353e74f33039872ab",
+            "d6840f6b42f6edafd13116e0e12565202fef8e9ece7dce03812464d04b9442de",
+        );
+    }
+
+    #[test]
+    fn ecp384_rfc5903_section_8_2() {
+        check_rfc5903(
+            DhGroup::Ecp384,
+            "099f3c7034d4a2c699884d73a375a67f7624ef7c6b3c0f160647b67414dce655\
+             e35b538041e649ee3faef896783ab194",
+            "667842d7d180ac2cde6f74f37551f55755c7645c20ef73e31634fe72b4c55ee6\
+             de3ac808acb4bdb4c88732aee95f41aa9482ed1fc0eeb9cafc4984625ccfc23f\
+             65032149e0e144ada024181535a0f38eeb9fcff3c2c947dae69b4c634573a81c",
+            "41cb0779b4bdb85d47846725fbec3c9430fab46cc8dc5060855cc9bda0aa2942\
+             e0308312916b8ed2960e4bd55a7448fc",
+            "e558dbef53eecde3d3fccfc1aea08a89a987475d12fd950d83cfa41732bc509d\
+             0d1ac43a0336def96fda41d0774a3571dcfbec7aacf3196472169e838430367f\
+             66eebe3c6e70c416dd5f0c68759dd1fff83fa40142209dff5eaad96db9e6386c",
+            "11187331c279962d93d604243fd592cb9d0a926f422e47187521287e7156c5c4\
+             d603135569b9e9d09cf5d4a270f59746",
+        );
+    }
+
+    #[test]
+    fn curve25519_rfc7748_section_6_1() {
+        let alice = known(
+            DhGroup::Curve25519,
+            "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
+        );
+        let bob = known(
+            DhGroup::Curve25519,
+            "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb",
+        );
+        let alice_pub = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
+        let bob_pub = "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f";
+        let shared = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742";
+        assert_eq!(hex::encode(alice.public_value()), alice_pub);
+        assert_eq!(hex::encode(bob.public_value()), bob_pub);
+        assert_eq!(
+            hex::encode(alice.agree(&unhex(bob_pub)).expect("valid").expose()),
+            shared
+        );
+        assert_eq!(
+            hex::encode(bob.agree(&unhex(alice_pub)).expect("valid").expose()),
+            shared
+        );
+    }
+
+    #[test]
+    fn curve25519_rejects_small_order_and_wrong_length() {
+        let ours = DhPrivate::generate(DhGroup::Curve25519, &mut SeededRandom::new(1));
+        // u = 0 and u = 1 are of small order: the result is all zeros.
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        assert_eq!(
+            ours.agree(&[0; 32]),
+            Err(CryptoError::DegenerateSharedSecret)
+        );
+        assert_eq!(ours.agree(&one), Err(CryptoError::DegenerateSharedSecret));
+        for len in [0, 31, 33] {
+            assert!(matches!(
+                ours.agree(&vec![9; len]),
+                Err(CryptoError::InvalidPublicValue { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn modp2048_known_small_exponent() {
+        // Exponent 3: our public value is 2^3, and a peer value of 2 gives 8.
+        let ours = known(DhGroup::Modp2048, &format!("{}03", "00".repeat(31)));
+        let mut eight = [0u8; 256];
+        eight[255] = 8;
+        assert_eq!(ours.public_value(), eight.to_vec());
+        let mut two = [0u8; 256];
+        two[255] = 2;
+        assert_eq!(ours.agree(&two).expect("valid").expose(), &eight[..]);
+    }
+
+    #[test]
+    fn modp2048_rejects_degenerate_and_malformed_values() {
+        let ours = DhPrivate::generate(DhGroup::Modp2048, &mut SeededRandom::new(2));
+        let p = unhex(MODP2048_PRIME);
+        let mut p_minus_1 = p.clone();
+        p_minus_1[255] -= 1;
+        let mut one = vec![0u8; 256];
+        one[255] = 1;
+        for bad in [vec![0u8; 256], one, p_minus_1, p.clone(), vec![0xff; 256]] {
+            assert_eq!(
+                ours.agree(&bad),
+                Err(CryptoError::InvalidPublicValue { group: "MODP-2048" })
+            );
+        }
+        for len in [0, 255, 257] {
+            assert!(ours.agree(&vec![2; len]).is_err(), "{len}");
+        }
+        let mut p_minus_2 = p;
+        p_minus_2[255] -= 2;
+        assert!(ours.agree(&p_minus_2).is_ok());
+    }
+
+    #[test]
+    fn every_group_agrees_with_itself() {
+        let mut rng = SeededRandom::new(3);
+        for group in [
+            DhGroup::Modp2048,
+            DhGroup::Ecp256,
+            DhGroup::Ecp384,
+            DhGroup::Curve25519,
+        ] {
+            let a = DhPrivate::generate(group, &mut rng);
+            let b = DhPrivate::generate(group, &mut rng);
+            assert_eq!(a.group(), group);
+            assert_eq!(a.public_value().len(), group.public_len());
+            assert_ne!(a.public_value(), b.public_value());
+            let ab = a.agree(&b.public_value()).expect("valid");
+            let ba = b.agree(&a.public_value()).expect("valid");
+            assert_eq!(ab, ba, "{group:?}");
+            let want_len = match group {
+                DhGroup::Modp2048 => 256,
+                DhGroup::Ecp256 => 32,
+                DhGroup::Ecp384 => 48,
+                DhGroup::Curve25519 => 32,
+            };
+            assert_eq!(ab.len(), want_len);
+        }
+    }
+
+    #[test]
+    fn generation_is_deterministic_in_the_rng() {
+        for group in [
+            DhGroup::Modp2048,
+            DhGroup::Ecp256,
+            DhGroup::Ecp384,
+            DhGroup::Curve25519,
+        ] {
+            let a = DhPrivate::generate(group, &mut SeededRandom::new(7));
+            let b = DhPrivate::generate(group, &mut SeededRandom::new(7));
+            assert_eq!(a.public_value(), b.public_value());
+        }
+    }
+
+    #[test]
+    fn debug_hides_private_value() {
+        let ours = known(DhGroup::Curve25519, &"11".repeat(32));
+        assert_eq!(format!("{ours:?}"), "DhPrivate { group: Curve25519, .. }");
+    }
 }

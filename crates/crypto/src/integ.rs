@@ -232,7 +232,10 @@ mod tests {
         // RFC 4868 section 2.7.2, test case 1: key 0x0b repeated to the key length.
         let cases = [
             (IntegAlg::HmacSha256_128, "198a607eb44bfbc69903a0f1cf2bbdc5"),
-            (IntegAlg::HmacSha384_192, "b6a8d5636f5c6a7224f9977dcf7ee6c7fb6d0c48cbdee973"),
+            (
+                IntegAlg::HmacSha384_192,
+                "b6a8d5636f5c6a7224f9977dcf7ee6c7fb6d0c48cbdee973",
+            ),
             (
                 IntegAlg::HmacSha512_256,
                 "637edc6e01dce7e6742a99451aae82df23da3e92439e590e43e761b33e910fb8",
@@ -280,7 +283,10 @@ mod tests {
                 integ.verify(&[b"header", b"body"], &out[..out.len() - 1]),
                 Err(CryptoError::Authentication)
             );
-            assert_eq!(integ.verify(&[b"header", b"bodY"], &out), Err(CryptoError::Authentication));
+            assert_eq!(
+                integ.verify(&[b"header", b"bodY"], &out),
+                Err(CryptoError::Authentication)
+            );
         }
     }
 
@@ -289,7 +295,11 @@ mod tests {
         let short = Secret::from_slice(&[1; 20]);
         assert_eq!(
             Integrity::new(IntegAlg::HmacSha256_128, &short).map(|_| ()),
-            Err(CryptoError::KeyLength { alg: "HMAC-SHA2-256-128", want: 32, got: 20 })
+            Err(CryptoError::KeyLength {
+                alg: "HMAC-SHA2-256-128",
+                want: 32,
+                got: 20
+            })
         );
     }
 
@@ -298,6 +308,8 @@ mod tests {
         let integ = Integrity::new(IntegAlg::HmacSha1_96, &Secret::from_slice(&[0xab; 20]))
             .expect("key length");
         let shown = format!("{integ:?}");
-        assert!(shown.contains("HmacSha1_96") && !shown.contains("ab, ab") && !shown.contains("171"));
+        assert!(
+            shown.contains("HmacSha1_96") && !shown.contains("ab, ab") && !shown.contains("171")
+        );
     }
 }

@@ -99,7 +99,10 @@ mod tests {
         let data: &[&[u8]] = &[b"what do ya ", b"want for nothing?"];
         let cases = [
             (PrfAlg::HmacSha1, "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"),
-            (PrfAlg::HmacSha256, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+            (
+                PrfAlg::HmacSha256,
+                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            ),
             (
                 PrfAlg::HmacSha384,
                 "af45d2e376484031617f78d2b58a6b1b9c7ef464f5a01b47e42ec3736322445e\

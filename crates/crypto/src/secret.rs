@@ -67,7 +67,10 @@ mod tests {
         let shown = format!("{secret:?}");
         assert!(shown.starts_with("Secret(5 bytes, fp "), "{shown}");
         assert!(!shown.contains("dead") && !shown.contains("222") && !shown.contains("0xde"));
-        assert_eq!(shown, format!("Secret(5 bytes, fp {})", secret.fingerprint()));
+        assert_eq!(
+            shown,
+            format!("Secret(5 bytes, fp {})", secret.fingerprint())
+        );
     }
 
     #[test]
