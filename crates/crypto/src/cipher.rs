@@ -396,3 +396,378 @@ impl EncrAlg {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTEGS: [IntegAlg; 4] = [
+        IntegAlg::HmacSha1_96,
+        IntegAlg::HmacSha256_128,
+        IntegAlg::HmacSha384_192,
+        IntegAlg::HmacSha512_256,
+    ];
+
+    fn keymat(len: usize, fill: u8) -> Secret {
+        Secret::new((0..len).map(|i| fill.wrapping_add(i as u8)).collect())
+    }
+
+    /// Every transform combination we support, each with a distinct key.
+    fn all_ciphers() -> Vec<SaCipher> {
+        let mut out = Vec::new();
+        for key_bits in [128, 256] {
+            let encr = EncrAlg::AesGcm16 { key_bits };
+            for backend in [AeadBackend::Ring, AeadBackend::RustCrypto] {
+                let km = keymat(encr.keymat_len(), 0x10);
+                out.push(SaCipher::with_backend(backend, encr, None, &km, None).expect("valid"));
+            }
+            let encr = EncrAlg::AesCbc { key_bits };
+            for integ in INTEGS {
+                let km = keymat(encr.keymat_len(), 0x20);
+                let ik = keymat(integ.key_len(), 0x30);
+                out.push(SaCipher::new(encr, Some(integ), &km, Some(&ik)).expect("valid"));
+            }
+        }
+        out
+    }
+
+    /// A packet laid out for `seal`: header, IV room, plaintext, ICV room.
+    fn layout(c: &SaCipher, header: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let mut p = header.to_vec();
+        p.resize(header.len() + c.iv_len(), 0);
+        p.extend_from_slice(plaintext);
+        p.resize(p.len() + c.icv_len(), 0);
+        p
+    }
+
+    fn plaintext(c: &SaCipher) -> Vec<u8> {
+        (0..3 * 16 + c.block_len() % 16).map(|i| i as u8).collect()
+    }
+
+    #[test]
+    fn round_trip_every_combination_with_and_without_esn() {
+        let esp_header = [0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 9];
+        let ike_header: Vec<u8> = (0..32).collect();
+        for c in all_ciphers() {
+            let pt = plaintext(&c);
+            for (header, esn) in [
+                (&esp_header[..], None),
+                (&esp_header[..], Some(0x0102_0304)),
+                (&ike_header[..], None),
+            ] {
+                let mut packet = layout(&c, header, &pt);
+                c.seal(&mut packet, header.len(), 9, esn).expect("seal");
+                let body = header.len() + c.iv_len()..packet.len() - c.icv_len();
+                assert_eq!(&packet[..header.len()], header, "header untouched");
+                assert_ne!(&packet[body.clone()], &pt[..], "{c:?} encrypted");
+                let range = c.open(&mut packet, header.len(), esn).expect("open");
+                assert_eq!(range, body);
+                assert_eq!(&packet[range], &pt[..], "{c:?} {esn:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn any_flipped_bit_fails_authentication() {
+        let header = [1, 2, 3, 4, 0, 0, 0, 1];
+        for c in all_ciphers() {
+            for esn in [None, Some(7)] {
+                let mut sealed = layout(&c, &header, &plaintext(&c));
+                c.seal(&mut sealed, header.len(), 1, esn).expect("seal");
+                for bit in 0..sealed.len() * 8 {
+                    let mut bad = sealed.clone();
+                    bad[bit / 8] ^= 1 << (bit % 8);
+                    assert_eq!(
+                        c.open(&mut bad, header.len(), esn),
+                        Err(CryptoError::Authentication),
+                        "{c:?} bit {bit} esn {esn:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn esn_high_is_authenticated() {
+        let header = [1, 2, 3, 4, 0, 0, 0, 1];
+        for c in all_ciphers() {
+            let mut sealed = layout(&c, &header, &plaintext(&c));
+            c.seal(&mut sealed, header.len(), 1, Some(5)).expect("seal");
+            for wrong in [None, Some(4), Some(5 | 1 << 31)] {
+                let mut copy = sealed.clone();
+                assert_eq!(
+                    c.open(&mut copy, header.len(), wrong),
+                    Err(CryptoError::Authentication),
+                    "{c:?} {wrong:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn short_input_never_panics() {
+        for c in all_ciphers() {
+            let min = 8 + c.iv_len() + c.icv_len();
+            for len in 0..min {
+                let mut packet = vec![0u8; len];
+                assert_eq!(
+                    c.open(&mut packet, 8, None),
+                    Err(CryptoError::Truncated),
+                    "{len}"
+                );
+                assert_eq!(
+                    c.seal(&mut packet, 8, 0, None),
+                    Err(CryptoError::Truncated),
+                    "{len}"
+                );
+            }
+            let mut packet = vec![0u8; 200];
+            assert_eq!(c.open(&mut packet, 201, None), Err(CryptoError::Truncated));
+            assert_eq!(
+                c.open(&mut packet, usize::MAX, None),
+                Err(CryptoError::Truncated)
+            );
+            assert_eq!(
+                c.seal(&mut packet, usize::MAX - 3, 0, None),
+                Err(CryptoError::Truncated)
+            );
+            assert_eq!(
+                c.open(&mut packet, 12, Some(0)),
+                Err(CryptoError::EsnHeaderLength(12))
+            );
+            // Header, IV and ICV but no ciphertext at all is well-formed for the
+            // length checks; it must then fail authentication, not panic.
+            let mut empty = vec![0u8; min];
+            assert_eq!(
+                c.open(&mut empty, 8, None),
+                Err(CryptoError::Authentication)
+            );
+        }
+    }
+
+    #[test]
+    fn gcm_matches_mcgrew_viega_case_4_and_16() {
+        // Nonce = salt || IV: the test case's 12-byte IV split as RFC 4106 does;
+        // its AAD plays the authenticated header.
+        let aad = hex::decode("feedfacedeadbeeffeedfacedeadbeefabaddad2").expect("hex");
+        let pt = hex::decode(
+            "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72\
+             1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",
+        )
+        .expect("hex");
+        let key = "feffe9928665731c6d6a8f9467308308";
+        let cases = [
+            (
+                128,
+                key.to_string(),
+                "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e\
+                 21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091\
+                 5bc94fbc3221a5db94fae95ae7121a47",
+            ),
+            (
+                256,
+                key.repeat(2),
+                "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa\
+                 8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662\
+                 76fc6ece0f4e1768cddf8853bb2d551b",
+            ),
+        ];
+        for (key_bits, key, want) in cases {
+            for backend in [AeadBackend::Ring, AeadBackend::RustCrypto] {
+                let km = Secret::new(hex::decode(format!("{key}cafebabe")).expect("hex"));
+                let encr = EncrAlg::AesGcm16 { key_bits };
+                let c = SaCipher::with_backend(backend, encr, None, &km, None).expect("valid");
+                let mut packet = layout(&c, &aad, &pt);
+                c.seal(&mut packet, aad.len(), 0xface_dbad_deca_f888, None)
+                    .expect("seal");
+                assert_eq!(
+                    hex::encode(&packet[aad.len()..aad.len() + 8]),
+                    "facedbaddecaf888"
+                );
+                assert_eq!(
+                    hex::encode(&packet[aad.len() + 8..]),
+                    want,
+                    "{key_bits} {backend:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gcm_esn_aad_is_spi_seq_high_seq_low() {
+        let km = keymat(20, 1);
+        let c = SaCipher::new(EncrAlg::AesGcm16 { key_bits: 128 }, None, &km, None).expect("valid");
+        let header = [0xaa, 0xbb, 0xcc, 0xdd, 0x11, 0x22, 0x33, 0x44];
+        let pt = [0x5a; 20];
+        let mut packet = layout(&c, &header, &pt);
+        c.seal(&mut packet, 8, 0x0000_0001_1122_3344, Some(1))
+            .expect("seal");
+
+        let aead = aes_gcm(AeadBackend::RustCrypto, &km.expose()[..16]).expect("key");
+        let mut nonce = [0u8; 12];
+        nonce[..4].copy_from_slice(&km.expose()[16..]);
+        nonce[4..].copy_from_slice(&0x0000_0001_1122_3344u64.to_be_bytes());
+        let mut body = pt;
+        let tag = aead.seal_in_place(
+            &nonce,
+            &[0xaa, 0xbb, 0xcc, 0xdd, 0, 0, 0, 1, 0x11, 0x22, 0x33, 0x44],
+            &mut body,
+        );
+        assert_eq!(&packet[16..36], &body[..]);
+        assert_eq!(&packet[36..], &tag[..]);
+    }
+
+    #[test]
+    fn aes_cbc_rfc3602_case_2() {
+        let key = hex::decode("c286696d887c9aa0611bbb3e2025a45a").expect("hex");
+        let iv = aes::Block::try_from(
+            &hex::decode("562e17996d093d28ddb3ba695a2e6f58").expect("hex")[..],
+        )
+        .expect("16 bytes");
+        let aes = CbcAes::Aes128(aes::Aes128::new_from_slice(&key).expect("key"));
+        let mut data: Vec<u8> = (0..32).collect();
+        aes.cbc_encrypt(&iv, &mut data);
+        assert_eq!(
+            hex::encode(&data),
+            "d296cd94c2cccf8a3a863028b5e1dc0a7586602d253cfff91b8266bea6d61ab1"
+        );
+        aes.cbc_decrypt(&iv, &mut data);
+        assert_eq!(data, (0..32).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn cbc_iv_is_the_encrypted_seed_and_icv_covers_seq_high() {
+        let encr = EncrAlg::AesCbc { key_bits: 128 };
+        let (km, ik) = (keymat(16, 3), keymat(32, 4));
+        let integ = IntegAlg::HmacSha256_128;
+        let c = SaCipher::new(encr, Some(integ), &km, Some(&ik)).expect("valid");
+        let header = [9, 9, 9, 9, 0, 0, 0, 42];
+        let mut packet = layout(&c, &header, &[0x77; 32]);
+        c.seal(&mut packet, 8, 0x0102_0304_0506_0708, Some(0xa0b0_c0d0))
+            .expect("seal");
+
+        // SP 800-38A appendix C: IV = AES_K(0^64 || seed).
+        let mut iv = aes::Block::default();
+        iv[8..].copy_from_slice(&0x0102_0304_0506_0708u64.to_be_bytes());
+        aes::Aes128::new_from_slice(km.expose())
+            .expect("key")
+            .encrypt_block(&mut iv);
+        assert_eq!(&packet[8..24], &iv[..]);
+
+        // RFC 4303 section 3.3.2.1: seq_high is appended to the ICV input only.
+        let mut icv = [0u8; 16];
+        Integrity::new(integ, &ik)
+            .expect("key")
+            .compute(&[&packet[..56], &0xa0b0_c0d0u32.to_be_bytes()], &mut icv);
+        assert_eq!(&packet[56..], &icv[..]);
+    }
+
+    #[test]
+    fn cbc_block_length_errors() {
+        let encr = EncrAlg::AesCbc { key_bits: 256 };
+        let integ = IntegAlg::HmacSha512_256;
+        let (km, ik) = (keymat(32, 5), keymat(64, 6));
+        let c = SaCipher::new(encr, Some(integ), &km, Some(&ik)).expect("valid");
+        let mut packet = layout(&c, &[0; 8], &[0; 17]);
+        assert_eq!(
+            c.seal(&mut packet, 8, 0, None),
+            Err(CryptoError::BlockLength(17))
+        );
+
+        // An authentic ICV over a ciphertext of the wrong length: the length
+        // error comes only after the ICV check.
+        let icv_at = packet.len() - 32;
+        let (authed, icv) = packet.split_at_mut(icv_at);
+        Integrity::new(integ, &ik)
+            .expect("key")
+            .compute(&[authed], icv);
+        assert_eq!(
+            c.open(&mut packet, 8, None),
+            Err(CryptoError::BlockLength(17))
+        );
+    }
+
+    #[test]
+    fn icv_lengths() {
+        let lens: Vec<usize> = all_ciphers().iter().map(SaCipher::icv_len).collect();
+        assert_eq!(lens, [16, 16, 12, 16, 24, 32, 16, 16, 12, 16, 24, 32]);
+    }
+
+    #[test]
+    fn construction_is_validated() {
+        let gcm = EncrAlg::AesGcm16 { key_bits: 128 };
+        let cbc = EncrAlg::AesCbc { key_bits: 128 };
+        let integ = IntegAlg::HmacSha256_128;
+        let ik = keymat(32, 0);
+        let err = |r: Result<SaCipher, CryptoError>| r.map(|_| ()).expect_err("must fail");
+
+        assert_eq!(
+            err(SaCipher::new(gcm, Some(integ), &keymat(20, 0), Some(&ik))),
+            CryptoError::IntegrityMismatch {
+                encr: "AES-128-GCM-16",
+                integ_given: true
+            }
+        );
+        assert_eq!(
+            err(SaCipher::new(cbc, None, &keymat(16, 0), None)),
+            CryptoError::IntegrityMismatch {
+                encr: "AES-128-CBC",
+                integ_given: false
+            }
+        );
+        assert_eq!(
+            err(SaCipher::new(gcm, None, &keymat(16, 0), None)),
+            CryptoError::KeyLength {
+                alg: "AES-128-GCM-16",
+                want: 20,
+                got: 16
+            }
+        );
+        assert_eq!(
+            err(SaCipher::new(cbc, Some(integ), &keymat(16, 0), None)),
+            CryptoError::KeyLength {
+                alg: "HMAC-SHA2-256-128",
+                want: 32,
+                got: 0
+            }
+        );
+        assert!(matches!(
+            err(SaCipher::new(
+                cbc,
+                Some(integ),
+                &keymat(16, 0),
+                Some(&keymat(20, 0))
+            )),
+            CryptoError::KeyLength {
+                want: 32,
+                got: 20,
+                ..
+            }
+        ));
+        let aes192 = EncrAlg::AesCbc { key_bits: 192 };
+        assert!(matches!(
+            err(SaCipher::new(
+                aes192,
+                Some(integ),
+                &keymat(24, 0),
+                Some(&ik)
+            )),
+            CryptoError::KeyLength { .. }
+        ));
+    }
+
+    #[test]
+    fn debug_hides_keys() {
+        let c = SaCipher::new(
+            EncrAlg::AesGcm16 { key_bits: 128 },
+            None,
+            &keymat(20, 0xab),
+            None,
+        )
+        .expect("valid");
+        assert_eq!(
+            format!("{c:?}"),
+            "SaCipher { encr: AesGcm16 { key_bits: 128 }, integ: None, .. }"
+        );
+    }
+}
