@@ -62,6 +62,8 @@ pub struct DhPrivate {
 
 /// Each variant's secret zeroizes on drop: `Zeroizing` for the MODP exponent, and
 /// the p256, p384 and x25519-dalek secret types wipe themselves.
+// Lives for one exchange, so the MODP variant's size is of no consequence.
+#[allow(clippy::large_enum_variant)]
 enum PrivateKey {
     Modp {
         exponent: Zeroizing<U256>,
