@@ -5,4 +5,18 @@
 //! datagrams to send and state changes to install (STYLE.md 1).
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod endpoint;
 pub mod message;
+
+mod auth;
+mod child_sa;
+mod handshake;
+mod ike_sa;
+mod keys;
+mod payloads;
+mod proposal;
+mod timers;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Two-endpoint harness tests.
