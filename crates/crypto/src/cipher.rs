@@ -231,12 +231,12 @@ impl SaCipher {
         iv_seed: u64,
         esn_high: Option<u32>,
     ) -> Result<(), CryptoError> {
-        let layout = self.layout(packet.len(), header_len, esn_high)?;
+        let body_range = self.body_range(packet.len(), header_len, esn_high)?;
         match &self.keys {
             Keys::Gcm { aead, salt } => {
                 let (header, rest) = packet.split_at_mut(header_len);
                 let (iv, rest) = rest.split_at_mut(GCM_IV_LEN);
-                let (body, icv) = rest.split_at_mut(layout.body.len());
+                let (body, icv) = rest.split_at_mut(body_range.len());
                 iv.copy_from_slice(&iv_seed.to_be_bytes());
                 let nonce = gcm_nonce(salt, iv_seed.to_be_bytes());
                 let mut esn_aad = [0u8; 12];
@@ -244,7 +244,7 @@ impl SaCipher {
                 icv.copy_from_slice(&aead.seal_in_place(&nonce, aad, body));
             }
             Keys::Cbc { aes, integrity } => {
-                let body = &mut packet[layout.body.clone()];
+                let body = &mut packet[body_range.clone()];
                 if !body.len().is_multiple_of(AES_BLOCK) {
                     return Err(CryptoError::BlockLength(body.len()));
                 }
@@ -252,8 +252,8 @@ impl SaCipher {
                 iv[AES_BLOCK - 8..].copy_from_slice(&iv_seed.to_be_bytes());
                 aes.encrypt_block(&mut iv);
                 aes.cbc_encrypt(&iv, body);
-                packet[layout.body.start - AES_BLOCK..layout.body.start].copy_from_slice(&iv);
-                let (authed, icv) = packet.split_at_mut(layout.body.end);
+                packet[body_range.start - AES_BLOCK..body_range.start].copy_from_slice(&iv);
+                let (authed, icv) = packet.split_at_mut(body_range.end);
                 let esn = esn_high.map(u32::to_be_bytes);
                 integrity.compute(&[authed, esn.as_ref().map_or(&[][..], |b| &b[..])], icv);
             }
@@ -270,12 +270,12 @@ impl SaCipher {
         header_len: usize,
         esn_high: Option<u32>,
     ) -> Result<std::ops::Range<usize>, CryptoError> {
-        let layout = self.layout(packet.len(), header_len, esn_high)?;
+        let body_range = self.body_range(packet.len(), header_len, esn_high)?;
         match &self.keys {
             Keys::Gcm { aead, salt } => {
                 let (header, rest) = packet.split_at_mut(header_len);
                 let (iv, rest) = rest.split_at_mut(GCM_IV_LEN);
-                let (body, icv) = rest.split_at_mut(layout.body.len());
+                let (body, icv) = rest.split_at_mut(body_range.len());
                 let mut wire_iv = [0u8; GCM_IV_LEN];
                 wire_iv.copy_from_slice(iv);
                 let nonce = gcm_nonce(salt, wire_iv);
@@ -286,29 +286,29 @@ impl SaCipher {
                 aead.open_in_place(&nonce, aad, body, &tag)?;
             }
             Keys::Cbc { aes, integrity } => {
-                let (authed, icv) = packet.split_at(layout.body.end);
+                let (authed, icv) = packet.split_at(body_range.end);
                 let esn = esn_high.map(u32::to_be_bytes);
                 integrity.verify(&[authed, esn.as_ref().map_or(&[][..], |b| &b[..])], icv)?;
-                if !layout.body.len().is_multiple_of(AES_BLOCK) {
-                    return Err(CryptoError::BlockLength(layout.body.len()));
+                if !body_range.len().is_multiple_of(AES_BLOCK) {
+                    return Err(CryptoError::BlockLength(body_range.len()));
                 }
-                let (head, body) = packet[..layout.body.end].split_at_mut(layout.body.start);
+                let (head, body) = packet[..body_range.end].split_at_mut(body_range.start);
                 let iv = aes::Block::try_from(&head[head.len() - AES_BLOCK..])
                     .map_err(|_| CryptoError::Truncated)?;
                 aes.cbc_decrypt(&iv, body);
             }
         }
-        Ok(layout.body)
+        Ok(body_range)
     }
 
     /// Where the padded plaintext sits, after checking the packet can hold the
     /// header, IV and ICV. All arithmetic is checked: lengths come off the wire.
-    fn layout(
+    fn body_range(
         &self,
         packet_len: usize,
         header_len: usize,
         esn_high: Option<u32>,
-    ) -> Result<Layout, CryptoError> {
+    ) -> Result<std::ops::Range<usize>, CryptoError> {
         if esn_high.is_some() && header_len != ESP_HEADER_LEN {
             return Err(CryptoError::EsnHeaderLength(header_len));
         }
@@ -321,12 +321,8 @@ impl SaCipher {
         if start > end {
             return Err(CryptoError::Truncated);
         }
-        Ok(Layout { body: start..end })
+        Ok(start..end)
     }
-}
-
-struct Layout {
-    body: std::ops::Range<usize>,
 }
 
 /// RFC 4106 section 4: the salt from KEYMAT followed by the IV from the wire.
@@ -342,7 +338,7 @@ fn gcm_nonce(salt: &[u8; GCM_SALT_LEN], iv: [u8; GCM_IV_LEN]) -> [u8; 12] {
 fn gcm_aad<'a>(header: &'a [u8], esn_high: Option<u32>, esn_buf: &'a mut [u8; 12]) -> &'a [u8] {
     match esn_high {
         Some(high) => {
-            // `layout` has checked that an ESN header is exactly SPI || seq_low.
+            // `body_range` has checked that an ESN header is exactly SPI || seq_low.
             esn_buf[..4].copy_from_slice(&header[..4]);
             esn_buf[4..8].copy_from_slice(&high.to_be_bytes());
             esn_buf[8..].copy_from_slice(&header[4..ESP_HEADER_LEN]);
