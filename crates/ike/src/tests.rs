@@ -463,13 +463,8 @@ fn delete_from_either_side() {
     for by_a in [true, false] {
         let mut p = pair("aes128gcm16-prfsha256-curve25519", "aes128gcm16");
         p.connect();
-        let (closer, other) = if by_a {
-            (&mut p.a, "a")
-        } else {
-            (&mut p.b, "b")
-        };
+        let closer = if by_a { &mut p.a } else { &mut p.b };
         closer.terminate(p.now, "tunnel").unwrap();
-        let _ = other;
         p.settle();
         let (mine, theirs) = if by_a {
             (&p.a_events, &p.b_events)
