@@ -209,14 +209,20 @@ impl RawConfig {
             return Err(err("ike.natt_port", "must differ from ike.port"));
         }
         if self.tun.name.is_empty() || self.tun.name.len() > 15 {
-            return Err(err("tun.name", "must be 1 to 15 characters (a Linux interface name)"));
+            return Err(err(
+                "tun.name",
+                "must be 1 to 15 characters (a Linux interface name)",
+            ));
         }
         if !(576..=9000).contains(&self.tun.mtu) {
             return Err(err("tun.mtu", "must be between 576 and 9000"));
         }
         let defaults = Limits::default();
         let limits = Limits {
-            cookie_threshold: self.ike.cookie_threshold.unwrap_or(defaults.cookie_threshold),
+            cookie_threshold: self
+                .ike
+                .cookie_threshold
+                .unwrap_or(defaults.cookie_threshold),
             max_half_open: self.ike.max_half_open.unwrap_or(defaults.max_half_open),
         };
 
@@ -225,7 +231,10 @@ impl RawConfig {
         for (i, raw) in self.connections.into_iter().enumerate() {
             let key = format!("connection[{i}]");
             if !names.insert(raw.name.clone()) {
-                return Err(err(format!("{key}.name"), format!("duplicate name {:?}", raw.name)));
+                return Err(err(
+                    format!("{key}.name"),
+                    format!("duplicate name {:?}", raw.name),
+                ));
             }
             let conn = raw.validate(&key, base, &listen)?;
             connections.push(conn);
@@ -247,14 +256,22 @@ impl RawConfig {
 }
 
 impl RawConnection {
-    fn validate(self, key: &str, base: &Path, listen: &[IpAddr]) -> Result<Connection, ConfigError> {
+    fn validate(
+        self,
+        key: &str,
+        base: &Path,
+        listen: &[IpAddr],
+    ) -> Result<Connection, ConfigError> {
         let k = |field: &str| format!("{key} ({}).{field}", self.name);
         if self.name.is_empty() || self.name.contains(char::is_whitespace) {
             return Err(err(k("name"), "must be non-empty and contain no spaces"));
         }
         let local_addr = parse_ip(&k("local_addr"), &self.local_addr)?;
         if !listen.contains(&local_addr) {
-            return Err(err(k("local_addr"), format!("{local_addr} is not in ike.listen")));
+            return Err(err(
+                k("local_addr"),
+                format!("{local_addr} is not in ike.listen"),
+            ));
         }
         let remote_addr = match self.remote_addr.as_str() {
             "%any" => None,
@@ -292,7 +309,9 @@ impl RawConnection {
             .ike_proposals
             .iter()
             .enumerate()
-            .map(|(i, p)| parse_ike_proposal(p).map_err(|e| err(k(&format!("ike_proposals[{i}]")), e)))
+            .map(|(i, p)| {
+                parse_ike_proposal(p).map_err(|e| err(k(&format!("ike_proposals[{i}]")), e))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if self.esp_proposals.is_empty() {
             return Err(err(k("esp_proposals"), "needs at least one proposal"));
@@ -301,7 +320,9 @@ impl RawConnection {
             .esp_proposals
             .iter()
             .enumerate()
-            .map(|(i, p)| parse_esp_proposal(p).map_err(|e| err(k(&format!("esp_proposals[{i}]")), e)))
+            .map(|(i, p)| {
+                parse_esp_proposal(p).map_err(|e| err(k(&format!("esp_proposals[{i}]")), e))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let local = parse_prefixes(&k("local_ts"), &self.local_ts)?;
         let remote = parse_prefixes(&k("remote_ts"), &self.remote_ts)?;
@@ -351,10 +372,7 @@ fn check_overlaps(connections: &[Connection]) -> Result<(), ConfigError> {
                     if prefixes_overlap((pa, la), (pb, lb)) {
                         return Err(err(
                             format!("connection ({}).remote_ts", b.ike.name),
-                            format!(
-                                "{pb}/{lb} overlaps {pa}/{la} of connection {}",
-                                a.ike.name
-                            ),
+                            format!("{pb}/{lb} overlaps {pa}/{la} of connection {}", a.ike.name),
                         ));
                     }
                 }
@@ -376,7 +394,11 @@ fn prefix_range(addr: IpAddr, len: u8) -> (u128, u128) {
         IpAddr::V6(a) => (128u32, u128::from(a)),
     };
     let host_bits = bits - u32::from(len);
-    let host_mask = if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+    let host_mask = if host_bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << host_bits) - 1
+    };
     (value & !host_mask, value | host_mask)
 }
 
@@ -474,7 +496,10 @@ fn read_psk_file(key: &str, path: &Path) -> Result<Secret, ConfigError> {
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(err(
             key,
-            format!("{} must not be readable by group or others (chmod 600)", path.display()),
+            format!(
+                "{} must not be readable by group or others (chmod 600)",
+                path.display()
+            ),
         ));
     }
     let bytes = std::fs::read(path)
@@ -512,7 +537,9 @@ child_lifetime = "10m"
     }
 
     fn error_of(text: &str) -> String {
-        let e = parse(text).expect_err("config should be rejected").to_string();
+        let e = parse(text)
+            .expect_err("config should be rejected")
+            .to_string();
         assert!(!e.contains('\n'), "error is not one line: {e}");
         e
     }
@@ -528,7 +555,10 @@ child_lifetime = "10m"
         assert_eq!(conn.ike.ike_lifetime, DEFAULT_IKE_LIFETIME);
         assert_eq!(conn.ike.dpd_delay, Some(DEFAULT_DPD_DELAY));
         assert_eq!(conn.replay_window, 1024);
-        assert_eq!(conn.remote_prefixes, vec![("10.1.0.0".parse().unwrap(), 16)]);
+        assert_eq!(
+            conn.remote_prefixes,
+            vec![("10.1.0.0".parse().unwrap(), 16)]
+        );
         let ts = conn.ike.remote_ts[0];
         assert_eq!(ts.start, "10.1.0.0".parse::<IpAddr>().unwrap());
         assert_eq!(ts.end, "10.1.255.255".parse::<IpAddr>().unwrap());
@@ -550,7 +580,11 @@ child_lifetime = "10m"
 
     #[test]
     fn weak_or_unknown_proposal_is_named() {
-        for bad in ["3des-md5-modp1024", "aes256-sha256-modp1024", "des-sha1-modp2048"] {
+        for bad in [
+            "3des-md5-modp1024",
+            "aes256-sha256-modp1024",
+            "des-sha1-modp2048",
+        ] {
             let e = error_of(&GOOD.replace("aes256gcm16-prfsha256-curve25519", bad));
             assert!(e.contains("ike_proposals[0]"), "{e}");
         }
@@ -564,7 +598,10 @@ child_lifetime = "10m"
             "psk = \"a-long-test-secret\"",
             "psk_file = \"/nonexistent/psk\"",
         ));
-        assert!(e.contains("psk_file") && e.contains("/nonexistent/psk"), "{e}");
+        assert!(
+            e.contains("psk_file") && e.contains("/nonexistent/psk"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -588,7 +625,10 @@ child_lifetime = "10m"
     #[test]
     fn durations() {
         assert_eq!(parse_duration("k", "45").unwrap(), Duration::from_secs(45));
-        assert_eq!(parse_duration("k", "8h").unwrap(), Duration::from_secs(28_800));
+        assert_eq!(
+            parse_duration("k", "8h").unwrap(),
+            Duration::from_secs(28_800)
+        );
         assert!(parse_duration("k", "8x").is_err());
         assert!(parse_duration("k", "0s").is_err());
         assert!(parse_duration("k", "99999999999999999999d").is_err());

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -49,8 +49,7 @@ pub type Request = (Command, oneshot::Sender<Result<String, String>>);
 /// Listens on `path`, forwarding each parsed command to the main loop.
 pub fn serve(path: &Path, requests: mpsc::Sender<Request>) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     // A stale socket from a crashed run would make bind fail with EADDRINUSE.
     let _ = std::fs::remove_file(path);
@@ -112,7 +111,7 @@ pub async fn call(path: &PathBuf, command: &str) -> anyhow::Result<String> {
     stream.write_all(format!("{command}\n").as_bytes()).await?;
     stream.shutdown().await?;
     let mut reply = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut reply).await?;
+    stream.read_to_string(&mut reply).await?;
     match reply.split_once('\n') {
         Some(("ok", body)) => Ok(body.trim_end().to_owned()),
         Some(("error", body)) => anyhow::bail!("{}", body.trim_end()),
@@ -131,7 +130,15 @@ mod tests {
             Command::parse("terminate site-a"),
             Ok(Command::Terminate("site-a".into()))
         );
-        assert!(Command::parse("terminate").unwrap_err().contains("needs a connection"));
-        assert!(Command::parse("reboot").unwrap_err().contains("unknown command"));
+        assert!(
+            Command::parse("terminate")
+                .unwrap_err()
+                .contains("needs a connection")
+        );
+        assert!(
+            Command::parse("reboot")
+                .unwrap_err()
+                .contains("unknown command")
+        );
     }
 }

@@ -12,10 +12,14 @@ mod node;
 mod tun;
 
 #[derive(Parser)]
-#[command(name = "tandemd", version, about = "Tandem high-availability IPsec gateway")]
+#[command(
+    name = "tandemd",
+    version,
+    about = "Tandem high-availability IPsec gateway"
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "tandem_ike=debug,info".
-    #[arg(long, global = true, env = "TANDEM_LOG", default_value = "info")]
+    #[arg(long, global = true, default_value = "info")]
     log: String,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true)]
@@ -52,7 +56,13 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Cmd::Run { config } => run(&config),
         Cmd::Check { config } => config::Config::load(&config)
-            .map(|c| println!("{}: ok, {} connection(s)", config.display(), c.connections.len()))
+            .map(|c| {
+                println!(
+                    "{}: ok, {} connection(s)",
+                    config.display(),
+                    c.connections.len()
+                )
+            })
             .map_err(Into::into),
         Cmd::Ctl { socket, command } => runtime().and_then(|rt| {
             rt.block_on(control::call(&socket, &command.join(" ")))
@@ -84,7 +94,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn init_logging(filter: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

@@ -261,18 +261,24 @@ impl Node {
                 spi_r,
                 remote,
                 initiator,
-            } => tracing::info!(%connection, spi_i = format_args!("{spi_i:016x}"), spi_r = format_args!("{spi_r:016x}"), %remote, initiator, "IKE SA established"),
+            } => {
+                tracing::info!(%connection, spi_i = format_args!("{spi_i:016x}"), spi_r = format_args!("{spi_r:016x}"), %remote, initiator, "IKE SA established")
+            }
             Event::IkeSaRekeyed {
                 connection,
                 old,
                 new,
-            } => tracing::info!(%connection, old = format_args!("{:016x}_{:016x}", old.0, old.1), new = format_args!("{:016x}_{:016x}", new.0, new.1), "IKE SA rekeyed"),
+            } => {
+                tracing::info!(%connection, old = format_args!("{:016x}_{:016x}", old.0, old.1), new = format_args!("{:016x}_{:016x}", new.0, new.1), "IKE SA rekeyed")
+            }
             Event::IkeSaClosed {
                 connection,
                 spi_i,
                 spi_r,
                 reason,
-            } => tracing::info!(%connection, spi_i = format_args!("{spi_i:016x}"), spi_r = format_args!("{spi_r:016x}"), ?reason, "IKE SA closed"),
+            } => {
+                tracing::info!(%connection, spi_i = format_args!("{spi_i:016x}"), spi_r = format_args!("{spi_r:016x}"), ?reason, "IKE SA closed")
+            }
             Event::ChildSaInstalled(child) => {
                 tracing::info!(
                     connection = %child.connection,
@@ -305,7 +311,9 @@ impl Node {
             Command::RekeyChild(name) => self.endpoint.rekey_child(now, name),
             Command::RekeyIke(name) => self.endpoint.rekey_ike(now, name),
         };
-        result.map(|()| "done".to_owned()).map_err(|e| e.to_string())
+        result
+            .map(|()| "done".to_owned())
+            .map_err(|e| e.to_string())
     }
 
     fn status(&self) -> String {

@@ -42,7 +42,12 @@ impl Routes {
         // tun-rs brings the device up; make sure even if it was pre-created down.
         handle
             .link()
-            .set(LinkMessageBuilder::<LinkUnspec>::new().index(ifindex).up().build())
+            .set(
+                LinkMessageBuilder::<LinkUnspec>::new()
+                    .index(ifindex)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .with_context(|| format!("cannot set {tun_name} up"))?;
