@@ -34,7 +34,7 @@ impl ReplayWindow {
     /// as seen. A new owner of an SA starts from the replicated mark this way,
     /// so packets replayed from before a failover are refused.
     pub fn starting_at(size: u32, top: u64) -> Result<ReplayWindow, BadWindow> {
-        if !(MIN_WINDOW..=MAX_WINDOW).contains(&size) || size % 64 != 0 {
+        if !(MIN_WINDOW..=MAX_WINDOW).contains(&size) || !size.is_multiple_of(64) {
             return Err(BadWindow(size));
         }
         let words = (size / 64) as usize;

@@ -23,6 +23,9 @@ pub struct Dataplane {
     sadb: Sadb,
     /// Anti-replay window per connection, from config.
     replay_windows: BTreeMap<String, u32>,
+    /// Outbound halves of rekeyed children, by the inbound SPI of the child they
+    /// replace, waiting for that child's deletion (see [`Dataplane::install`]).
+    pending_outbound: BTreeMap<u32, ChildSa>,
     /// Reused packet buffers: sealing allocates nothing per packet.
     bufs: Vec<PacketBuf>,
     results: Vec<Result<Sealed, EspError>>,
@@ -33,11 +36,18 @@ impl Dataplane {
         Dataplane {
             sadb: Sadb::new(),
             replay_windows,
+            pending_outbound: BTreeMap::new(),
             bufs: Vec::new(),
             results: Vec::new(),
         }
     }
 
+    /// Installs a child SA. A rekeyed child's inbound half goes in at once (the
+    /// peer may use it as soon as the exchange completes), but its outbound half
+    /// waits until the old child is deleted: if we answered the rekey, the peer
+    /// installs its inbound SA only after reading our response, and packets we
+    /// seal under the new SA before then are lost. strongSwan defers its
+    /// outbound switch as rekey responder for the same reason.
     pub fn install(&mut self, child: &ChildSa) -> Result<(), EspError> {
         let window = self
             .replay_windows
@@ -55,7 +65,24 @@ impl Dataplane {
             },
             window,
         )?;
-        let outbound = self.sadb.install_outbound(
+        if let Some(old) = child
+            .replaces
+            .filter(|old| self.sadb.inbound_stats(*old).is_some())
+        {
+            self.pending_outbound.insert(old, child.clone());
+            return Ok(());
+        }
+        let outbound = self.install_outbound(child);
+        if outbound.is_err() {
+            // Half an SA is worse than none: inbound-only would accept traffic
+            // we can never answer.
+            self.sadb.remove_inbound(child.inbound_spi);
+        }
+        outbound
+    }
+
+    fn install_outbound(&mut self, child: &ChildSa) -> Result<(), EspError> {
+        self.sadb.install_outbound(
             SaParams {
                 spi: child.outbound_spi,
                 encr: child.encr,
@@ -68,18 +95,22 @@ impl Dataplane {
             child.remote_ts.iter().map(selector).collect(),
             child.local,
             child.remote,
-        );
-        if outbound.is_err() {
-            // Half an SA is worse than none: inbound-only would accept traffic
-            // we can never answer.
-            self.sadb.remove_inbound(child.inbound_spi);
-        }
-        outbound
+        )
     }
 
+    /// Removes a child SA and activates the outbound half of its successor.
     pub fn remove(&mut self, inbound_spi: u32, outbound_spi: u32) {
         self.sadb.remove_inbound(inbound_spi);
         self.sadb.remove_outbound(outbound_spi);
+        // A successor deleted before it was ever activated leaves nothing behind.
+        self.pending_outbound
+            .retain(|_, c| c.inbound_spi != inbound_spi);
+        if let Some(next) = self.pending_outbound.remove(&inbound_spi)
+            && let Err(e) = self.install_outbound(&next)
+        {
+            tracing::error!(connection = %next.connection, error = %e, "cannot activate rekeyed child SA");
+            self.sadb.remove_inbound(next.inbound_spi);
+        }
     }
 
     /// Demultiplexes a UDP-4500 payload (RFC 3948) and decrypts ESP in place.
