@@ -1140,8 +1140,15 @@ pub fn iperf3(
     let mut last_err = String::new();
     // The server needs a moment to listen: retry the connect briefly.
     for _ in 0..30 {
+        // Bounded: over a dead tunnel iperf3 waits forever for its control
+        // connection, and a hung test is worse than a failed one.
+        let limit = (secs + 15).to_string();
         let out = client_ns.output(&[
+            "timeout",
+            &limit,
             "iperf3",
+            "--connect-timeout",
+            "3000",
             "-c",
             server_addr,
             "-B",

@@ -911,7 +911,10 @@ impl IkeSa {
         let refuse = |kind| vec![notify_payload(kind, Vec::new())];
         // Simultaneous IKE SA rekeys are refused rather than resolved by nonces
         // (section 2.8.2): our own rekey proceeds and the peer retries later.
-        if self.outstanding.is_some() {
+        // The same for our other exchanges that change SAs. An outstanding DPD
+        // is no conflict: refusing for it made the peer's rekeys fail whenever
+        // a liveness check happened to be in flight.
+        if matches!(&self.outstanding, Some(o) if !matches!(o.pending, Pending::Dpd)) {
             return refuse(notify::TEMPORARY_FAILURE);
         }
         let Some(offer) = sa(msg) else {
