@@ -52,9 +52,15 @@ impl Retransmit {
     }
 }
 
+/// Least time between the start of a rekey and the hard expiry: covers the
+/// first retransmissions (2 s + 4 s + 8 s) of a lost rekey request.
+pub(crate) const MIN_REKEY_GRACE: Duration = Duration::from_secs(15);
+
 /// When to rekey and when to give up on an SA of this lifetime: rekey early by a
 /// random 0-10% so that two peers with equal lifetimes rarely collide (RFC 7296
-/// section 2.8.1), and expire at 110% if no rekey ever succeeded.
+/// section 2.8.1), and expire at 110% if no rekey ever succeeded, but never
+/// sooner than [`MIN_REKEY_GRACE`] after the rekey starts: the rekey exchange
+/// needs room for a lost request to be retransmitted.
 pub(crate) fn lifetime_deadlines(
     now: Instant,
     lifetime: Duration,
@@ -62,7 +68,8 @@ pub(crate) fn lifetime_deadlines(
 ) -> (Instant, Instant) {
     let permille = u32::try_from(rng.next_u64() % 101).unwrap_or(0);
     let jitter = lifetime * permille / 1000;
-    (now + (lifetime - jitter), now + lifetime + lifetime / 10)
+    let grace = (lifetime / 10).max(MIN_REKEY_GRACE);
+    (now + (lifetime - jitter), now + lifetime + grace)
 }
 
 #[cfg(test)]
@@ -93,7 +100,7 @@ mod tests {
         for _ in 0..100 {
             let (rekey, expire) = lifetime_deadlines(t0, life, &mut rng);
             assert!(rekey <= t0 + life && rekey >= t0 + life - life / 10);
-            assert_eq!(expire, t0 + life + life / 10);
+            assert_eq!(expire, t0 + life + (life / 10).max(MIN_REKEY_GRACE));
         }
     }
 }
