@@ -126,7 +126,7 @@ fn attempt(case: &Case) -> anyhow::Result<()> {
     );
     let peer = Charon::start(&net.peer, dir, &peer_side).context(label.clone())?;
     let gw = Tandemd::start(&net.gw, dir, &gw_side).context(label.clone())?;
-    let result = exercise(&case, &label, &net, &peer, &gw).with_context(|| {
+    let result = exercise(case, &label, &net, &peer, &gw).with_context(|| {
         format!(
             "{label}\n--- strongSwan log tail:\n{}\n--- tandemd log tail:\n{}",
             peer.log_tail(40),
