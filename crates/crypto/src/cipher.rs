@@ -11,7 +11,7 @@ use crate::aead::{Aead, aes_gcm};
 use crate::{AeadBackend, CryptoError, IntegAlg, Integrity, Secret};
 
 /// IKEv2 encryption transforms we implement (IANA "Transform Type 1").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum EncrAlg {
     /// ENCR_AES_CBC (12), key 128 or 256 bits. Needs a separate integrity transform.
     AesCbc { key_bits: u16 },

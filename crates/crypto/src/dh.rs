@@ -11,7 +11,7 @@ use crate::{CryptoError, Secret, SecureRandom};
 
 /// Supported DH groups (IANA "Transform Type 4"). MODP groups below 2048 bits are
 /// deliberately absent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DhGroup {
     /// 14: 2048-bit MODP (RFC 3526).
     Modp2048,

@@ -3,7 +3,7 @@
 use crate::{CryptoError, Secret};
 
 /// IKEv2 integrity transforms (IANA "Transform Type 3").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum IntegAlg {
     /// AUTH_HMAC_SHA1_96 (2): for old devices only.
     HmacSha1_96,

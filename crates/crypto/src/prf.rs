@@ -4,7 +4,7 @@ use crate::Secret;
 use crate::integ::{HashAlg, KeyedHmac};
 
 /// IKEv2 PRF transforms (IANA "Transform Type 2").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum PrfAlg {
     /// PRF_HMAC_SHA1 (2).
     HmacSha1,

@@ -51,6 +51,42 @@ impl Secret {
     }
 }
 
+/// Serialized, a secret is its bytes: for the cluster's replicated state only,
+/// which seals them before they reach a disk and sends them only over mutual
+/// TLS. Deserializing copies straight into zeroizing storage.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.expose())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = Secret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("secret bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Secret, E> {
+                Ok(Secret::from_slice(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Secret, A::Error> {
+                let mut out =
+                    Zeroizing::new(Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024)));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(Secret(out))
+            }
+        }
+        d.deserialize_bytes(Bytes)
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Secret({} bytes, fp {})", self.len(), self.fingerprint())

@@ -12,7 +12,7 @@ use crate::message::TrafficSelector;
 
 /// A negotiated child SA with its keys, for the ESP dataplane. `Debug` shows key
 /// fingerprints only (see [`Secret`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChildSa {
     pub connection: String,
     pub inbound_spi: u32,

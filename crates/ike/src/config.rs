@@ -13,7 +13,7 @@ use tandem_crypto::{DhGroup, EncrAlg, IntegAlg, PrfAlg, Secret};
 use crate::message::{Identity, TrafficSelector, id_type};
 
 /// One IKE SA proposal: a single algorithm of each kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct IkeProposal {
     pub encr: EncrAlg,
     /// `None` for AES-GCM, which authenticates by itself.
@@ -23,7 +23,7 @@ pub struct IkeProposal {
 }
 
 /// One ESP (child SA) proposal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct EspProposal {
     pub encr: EncrAlg,
     pub integ: Option<IntegAlg>,

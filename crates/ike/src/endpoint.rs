@@ -1,7 +1,7 @@
 //! The IKE endpoint: every IKE SA of this gateway, demultiplexed by SPI, driven
 //! by datagrams, timeouts and operator commands, without any IO (STYLE.md 1).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -15,6 +15,7 @@ use crate::handshake::{
 use crate::ike_sa::{Flow, IkeSa, LocalRequest, Phase};
 use crate::message::{DecodeError, ExchangeType, Header, Message, notify};
 use crate::payloads::find_notify;
+use crate::record::IkeSaChange;
 
 /// A datagram to send. No non-ESP marker: the gateway adds it on port 4500.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +180,11 @@ pub struct Endpoint {
     cookie_secret: [u8; 32],
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// Our SPIs of SAs touched since the last `take_changes`.
+    touched: BTreeSet<u64>,
+    /// Our SPIs of established SAs reported by `take_changes`, so a removal is
+    /// reported only for an SA the caller knows.
+    reported: BTreeSet<u64>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -218,6 +224,8 @@ impl Endpoint {
             cookie_secret,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            touched: BTreeSet::new(),
+            reported: BTreeSet::new(),
         }
     }
 
@@ -251,6 +259,7 @@ impl Endpoint {
             tracing::debug!(%remote, spi = format_args!("{ours:016x}"), "message for unknown IKE SA");
             return;
         };
+        self.touched.insert(ours);
         let slot = self.dispatch(now, local, remote, &header, datagram, slot);
         if let Some(slot) = slot {
             self.sas.insert(ours, slot);
@@ -332,6 +341,7 @@ impl Endpoint {
     /// Puts a rekey's successor in place and drops removed SAs.
     fn apply(&mut self, sa: Box<IkeSa>, flow: Flow) -> Option<Slot> {
         if let Some(new) = flow.successor {
+            self.touched.insert(new.our_spi());
             self.sas.insert(new.our_spi(), Slot::Established(new));
         }
         (!flow.remove).then_some(Slot::Established(sa))
@@ -470,6 +480,7 @@ impl Endpoint {
             .ok_or_else(|| IkeError::NoChildSa(connection.to_owned()))?;
         child.retiring = true;
         let spi = child.sa.inbound_spi;
+        self.touched.insert(sa.our_spi());
         let mut io = Io {
             now,
             rng,
@@ -532,6 +543,7 @@ impl Endpoint {
             .find(|c| c.name == connection)
             .ok_or_else(|| IkeError::UnknownConnection(connection.to_owned()))?;
         let sa = active_sa(&mut self.sas, connection)?;
+        self.touched.insert(sa.our_spi());
         let mut io = Io {
             now,
             rng,
@@ -553,6 +565,7 @@ impl Endpoint {
             let Some(slot) = self.sas.remove(&spi) else {
                 continue;
             };
+            self.touched.insert(spi);
             if let Some(slot) = self.timeout(now, slot) {
                 self.sas.insert(spi, slot);
             }
@@ -619,6 +632,28 @@ impl Endpoint {
             .values()
             .filter_map(|s| self.slot_deadline(s))
             .min()
+    }
+
+    /// What changed in the established IKE SAs since the last call: the state
+    /// the cluster must commit before this step's transmits may leave (DESIGN.md
+    /// invariant 1). Half-open SAs are not reported: they hold no keys the peer
+    /// can use yet, and a failover during setup costs the peer one retry.
+    pub fn take_changes(&mut self, now: Instant) -> Vec<IkeSaChange> {
+        let mut out = Vec::new();
+        for spi in std::mem::take(&mut self.touched) {
+            match self.sas.get(&spi) {
+                Some(Slot::Established(sa)) => {
+                    self.reported.insert(spi);
+                    out.push(IkeSaChange::Upsert(Box::new(sa.record(now))));
+                }
+                _ => {
+                    if self.reported.remove(&spi) {
+                        out.push(IkeSaChange::Removed(spi));
+                    }
+                }
+            }
+        }
+        out
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {

@@ -23,6 +23,7 @@ use crate::payloads::{
     notify_payload, sa, ts_i, ts_r,
 };
 use crate::proposal::{accept_esp, accept_ike, esp_offer, ike_offer, select_esp, select_ike};
+use crate::record::{ChildTimers, IkeSaRecord};
 use crate::timers::{Retransmit, lifetime_deadlines};
 
 /// Where an IKE SA is in its life.
@@ -164,6 +165,35 @@ impl IkeSa {
             ike_rekey_started: false,
             phase: Phase::Active,
         })
+    }
+
+    /// The SA as the cluster replicates it, deadlines counted from `now`.
+    pub fn record(&self, now: Instant) -> IkeSaRecord {
+        IkeSaRecord {
+            connection: self.connection.clone(),
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            initiator: self.initiator,
+            local: self.local,
+            remote: self.remote,
+            proposal: self.proposal,
+            keys: self.keys.clone(),
+            next_send_id: self.next_send_id,
+            next_expected_id: self.next_expected_id,
+            last_response: self.last_response.clone(),
+            rekeyed: self.phase == Phase::Rekeyed,
+            rekey_in: self.rekey_at.saturating_duration_since(now),
+            expire_in: self.expire_at.saturating_duration_since(now),
+            children: self
+                .children
+                .iter()
+                .map(|c| ChildTimers {
+                    inbound_spi: c.sa.inbound_spi,
+                    rekey_in: c.rekey_at.saturating_duration_since(now),
+                    expire_in: c.expire_at.saturating_duration_since(now),
+                })
+                .collect(),
+        }
     }
 
     pub fn our_spi(&self) -> u64 {

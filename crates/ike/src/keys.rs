@@ -6,8 +6,8 @@ use tandem_crypto::{CryptoError, IntegAlg, PrfAlg, SaCipher, Secret};
 use crate::config::{EspProposal, IkeProposal};
 
 /// The seven IKE SA keys. Plain data, so an established IKE SA can be replicated.
-#[derive(Debug, Clone)]
-pub(crate) struct IkeKeys {
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IkeKeys {
     pub sk_d: Secret,
     pub sk_ai: Option<Secret>,
     pub sk_ar: Option<Secret>,

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod endpoint;
 pub mod message;
+pub mod record;
 
 mod auth;
 mod child_sa;

@@ -575,3 +575,55 @@ fn ikev1_and_garbage_are_dropped() {
     assert!(p.b.poll_transmit().is_none());
     assert_eq!(p.b.ike_sas().count(), 0);
 }
+
+#[test]
+fn changes_report_what_the_cluster_must_commit() {
+    use crate::record::IkeSaChange;
+    let upserts = |c: &[IkeSaChange]| -> Vec<crate::record::IkeSaRecord> {
+        c.iter()
+            .filter_map(|c| match c {
+                IkeSaChange::Upsert(r) => Some((**r).clone()),
+                IkeSaChange::Removed(_) => None,
+            })
+            .collect()
+    };
+    let mut p = pair("aes256-sha256-ecp256", "aes128gcm16");
+    p.connect();
+    let (a, b) = (p.a.take_changes(p.now), p.b.take_changes(p.now));
+    let (ra, rb) = (&upserts(&a)[0], &upserts(&b)[0]);
+    assert_eq!(
+        (a.len(), b.len()),
+        (1, 1),
+        "one established SA each, no half-open"
+    );
+    assert_eq!((ra.spi_i, ra.spi_r), (rb.spi_i, rb.spi_r));
+    assert!(ra.initiator && !rb.initiator);
+    assert_eq!(ra.keys, rb.keys, "both ends derived the same keys");
+    assert_eq!(ra.children.len(), 1);
+    assert_eq!(
+        rb.last_response.as_ref().map(|r| r.0),
+        Some(1),
+        "IKE_AUTH response cached"
+    );
+    assert!(p.a.take_changes(p.now).is_empty(), "nothing new since");
+
+    // A DPD: the message IDs move, so the responder's record changes.
+    p.run_for(Duration::from_secs(40));
+    let b = upserts(&p.b.take_changes(p.now));
+    assert_eq!(
+        b.last().map(|r| r.next_expected_id),
+        Some(3),
+        "IKE_AUTH was 1, the DPD 2"
+    );
+
+    // An IKE rekey: the new SA is reported, the old one removed, by our SPI.
+    let old = ra.our_spi();
+    p.a.rekey_ike(p.now, "tunnel").unwrap();
+    p.settle();
+    let a = p.a.take_changes(p.now);
+    assert!(a.contains(&IkeSaChange::Removed(old)), "{a:?}");
+    let new = upserts(&a);
+    assert_eq!(new.len(), 1);
+    assert_ne!(new[0].our_spi(), old);
+    assert_eq!(new[0].children.len(), 1, "children moved to the new SA");
+}

@@ -283,7 +283,7 @@ pub struct Delete {
 
 /// One traffic selector (RFC 7296 section 3.13.1). `start` and `end` are of the
 /// same address family; the TS type (7 or 8) follows from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TrafficSelector {
     /// 0 means any protocol.
     pub ip_protocol: u8,
