@@ -60,7 +60,7 @@ pub enum ProposalError {
 }
 
 /// One tunnel as configured by the operator.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConnectionConfig {
     pub name: String,
     /// Our IKE address (the tunnel's VIP).

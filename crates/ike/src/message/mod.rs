@@ -197,7 +197,7 @@ pub struct KeyExchange {
 }
 
 /// Identification payload (RFC 7296 section 3.5).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     pub id_type: u8,
     pub data: Vec<u8>,

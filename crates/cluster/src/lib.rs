@@ -1,0 +1,60 @@
+//! Tandem's replicated state: the openraft type configuration, the state machine
+//! (tunnels, IKE and child SAs, ownership, leases, sequence-number reservations,
+//! replay marks), its sealed on-disk store (redb), and the Raft transport over
+//! tonic with mutual TLS.
+#![forbid(unsafe_code)]
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+pub mod command;
+pub mod node;
+pub mod seal;
+pub mod state;
+pub mod store;
+pub mod tls;
+
+mod network;
+
+pub use command::{Change, Command};
+pub use node::{Cluster, ClusterConfig, ClusterError, StateEvent};
+pub use seal::StorageKey;
+pub use state::ClusterState;
+
+pub type NodeId = u64;
+
+/// A cluster member as Raft records it in the membership.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The name in its certificate: others dial it with this TLS server name.
+    pub name: String,
+    /// `host:port` of its cluster listener.
+    pub addr: String,
+    /// A witness votes but has no dataplane and never owns a tunnel.
+    pub witness: bool,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.addr)?;
+        if self.witness {
+            f.write_str(" (witness)")?;
+        }
+        Ok(())
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Tandem's openraft types.
+    pub TypeConfig:
+        D = Command,
+        R = (),
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;

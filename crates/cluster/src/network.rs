@@ -1,0 +1,257 @@
+//! The Raft transport: openraft's RPCs over tonic with mutual TLS, both the
+//! client side (one lazily connected channel per peer, dropped on any error so
+//! the next call reconnects) and the server side. Bodies are the versioned
+//! encoding of openraft's own types ([`crate::command::encode`]).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tandem_rpc::raft::Payload;
+use tandem_rpc::raft::raft_client::RaftClient;
+use tandem_rpc::raft::raft_server;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::command::{Command, WIRE_VERSION, decode, encode};
+use crate::tls::NodeTls;
+use crate::{Member, NodeId, Raft, TypeConfig};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Opens a mutual-TLS channel to a member.
+pub(crate) async fn connect(
+    tls: &NodeTls,
+    member: &Member,
+) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+    let channel = Endpoint::from_shared(format!("https://{}", member.addr))?
+        .tls_config(tls.client(&member.name))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(RaftClient::new(channel))
+}
+
+fn payload<T: Serialize>(value: &T) -> Payload {
+    Payload {
+        version: u32::from(WIRE_VERSION),
+        body: encode(value),
+    }
+}
+
+fn unpack<T: DeserializeOwned>(p: &Payload) -> Result<T, crate::command::CodecError> {
+    // The version travels twice (field and body prefix); the body's is the
+    // one decoding trusts, the field lets a newer peer be named in logs.
+    decode(&p.body)
+}
+
+/// Builds one [`Peer`] per target; openraft calls it as it needs.
+#[derive(Debug, Clone)]
+pub(crate) struct Network {
+    pub tls: NodeTls,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Peer {
+        Peer {
+            target,
+            member: node.clone(),
+            tls: self.tls.clone(),
+            client: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Peer {
+    target: NodeId,
+    member: Member,
+    tls: NodeTls,
+    client: Option<RaftClient<Channel>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl Peer {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: Method,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match self.client.take() {
+            Some(c) => c,
+            None => connect(&self.tls, &self.member)
+                .await
+                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?,
+        };
+        let mut c = client.clone();
+        let body = payload(req);
+        let call = async move {
+            match method {
+                Method::AppendEntries => c.append_entries(body).await,
+                Method::Vote => c.vote(body).await,
+                Method::InstallSnapshot => c.install_snapshot(body).await,
+            }
+        };
+        // Partitions drop packets silently: without a hard limit a call could
+        // hang until TCP gives up.
+        let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
+            Err(elapsed) => return Err(RPCError::Network(NetworkError::new(&elapsed))),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            unpack(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.client = Some(client);
+        result.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.member.clone(),
+                e,
+            ))
+        })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call(Method::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Method::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call(Method::Vote, &rpc, &option).await
+    }
+}
+
+/// A request a follower forwards to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Forward {
+    Write(Command),
+    AddLearner { id: NodeId, member: Member },
+    ChangeVoters(BTreeSet<NodeId>),
+}
+
+/// Why a forwarded request failed, with the leader as the receiver knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ForwardFailure {
+    pub leader: Option<(NodeId, Member)>,
+    pub message: String,
+}
+
+impl ForwardFailure {
+    pub fn from_write(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Self {
+        let leader = match &e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                f.leader_id.zip(f.leader_node.clone())
+            }
+            _ => None,
+        };
+        Self {
+            leader,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The gRPC server side: hands each RPC to the local Raft.
+pub(crate) struct Service {
+    pub raft: Raft,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Service")
+    }
+}
+
+fn bad_request(e: crate::command::CodecError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for Service {
+    async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = unpack(req.get_ref()).map_err(bad_request)?;
+        Ok(Response::new(payload(&self.raft.append_entries(rpc).await)))
+    }
+
+    async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: VoteRequest<NodeId> = unpack(req.get_ref()).map_err(bad_request)?;
+        Ok(Response::new(payload(&self.raft.vote(rpc).await)))
+    }
+
+    async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = unpack(req.get_ref()).map_err(bad_request)?;
+        Ok(Response::new(payload(
+            &self.raft.install_snapshot(rpc).await,
+        )))
+    }
+
+    async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let fwd: Forward = unpack(req.get_ref()).map_err(bad_request)?;
+        let result: Result<(), ForwardFailure> = match fwd {
+            Forward::Write(cmd) => self.raft.client_write(cmd).await.map(drop),
+            Forward::AddLearner { id, member } => {
+                self.raft.add_learner(id, member, true).await.map(drop)
+            }
+            Forward::ChangeVoters(ids) => self.raft.change_membership(ids, false).await.map(drop),
+        }
+        .map_err(ForwardFailure::from_write);
+        Ok(Response::new(payload(&result)))
+    }
+}
+
+/// Sends a forwarded request over an open client.
+pub(crate) async fn forward(
+    client: &mut RaftClient<Channel>,
+    fwd: &Forward,
+    timeout: Duration,
+) -> Result<Result<(), ForwardFailure>, String> {
+    match tokio::time::timeout(timeout, client.forward(payload(fwd))).await {
+        Ok(Ok(reply)) => unpack(reply.get_ref()).map_err(|e| e.to_string()),
+        Ok(Err(status)) => Err(status.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}

@@ -1,0 +1,343 @@
+//! A running cluster member: its Raft instance, store, gRPC server, and the
+//! operations the gateway and operators use (propose, bootstrap, membership).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::{RaftMetrics, SnapshotPolicy};
+use tandem_rpc::raft::raft_client::RaftClient;
+use tandem_rpc::raft::raft_server::RaftServer;
+use tokio::sync::{Mutex, mpsc};
+use tonic::transport::{Channel, Server};
+
+use crate::network::{Forward, ForwardFailure, Network, Service, connect, forward};
+pub use crate::store::StateEvent;
+use crate::store::{self, Applied};
+use crate::tls::NodeTls;
+use crate::{ClusterState, Command, Member, NodeId, Raft, StorageKey};
+
+/// How long a proposal may take, leader changes and forwarding included,
+/// before the caller hears it failed.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub id: NodeId,
+    pub member: Member,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub tls: NodeTls,
+    pub storage_key: StorageKey,
+    pub timing: RaftTiming,
+}
+
+/// Raft timing; the defaults suit nodes on one LAN or availability zone.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTiming {
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Build a snapshot (and compact the log) after this many entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(50),
+            election_min: Duration::from_millis(300),
+            election_max: Duration::from_millis(600),
+            snapshot_every: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    #[error("cluster config: {0}")]
+    Config(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("cluster listener on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("no leader known (is a quorum of members up?)")]
+    NoLeader,
+    #[error("leader {leader} refused: {message}")]
+    Refused { leader: String, message: String },
+    #[error("leader {leader} unreachable: {reason}")]
+    Unreachable { leader: String, reason: String },
+    #[error("not committed within {0:?}")]
+    Timeout(Duration),
+}
+
+pub struct Cluster {
+    id: NodeId,
+    raft: Raft,
+    applied: Arc<RwLock<Applied>>,
+    tls: NodeTls,
+    /// A cached channel to the leader for forwarded requests.
+    leader_client: Mutex<Option<(NodeId, RaftClient<Channel>)>>,
+    events: std::sync::Mutex<Option<mpsc::UnboundedReceiver<StateEvent>>>,
+    server: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Opens the store, starts Raft and serves the cluster port. A node whose
+    /// data directory holds a log rejoins with it; a new one waits to be
+    /// initialized or added.
+    pub async fn start(cfg: ClusterConfig) -> Result<Self, ClusterError> {
+        let raft_config = openraft::Config {
+            cluster_name: "tandem".into(),
+            heartbeat_interval: cfg.timing.heartbeat.as_millis() as u64,
+            election_timeout_min: cfg.timing.election_min.as_millis() as u64,
+            election_timeout_max: cfg.timing.election_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.timing.snapshot_every),
+            max_in_snapshot_log_to_keep: 100,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Config(e.to_string()))?;
+        let (log, sm, events) = store::open(&cfg.data_dir, cfg.storage_key)
+            .map_err(|e| ClusterError::Storage(e.to_string()))?;
+        let applied = sm.applied.clone();
+        let network = Network {
+            tls: cfg.tls.clone(),
+        };
+        let raft = Raft::new(cfg.id, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(|e| ClusterError::Storage(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| ClusterError::Listen {
+                addr: cfg.listen,
+                reason: e.to_string(),
+            })?;
+        let router = Server::builder()
+            .tls_config(cfg.tls.server())
+            .map_err(|e| ClusterError::Config(format!("TLS: {e}")))?
+            .tcp_nodelay(true)
+            .add_service(RaftServer::new(Service { raft: raft.clone() }));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopped).await {
+                tracing::error!(error = %e, "cluster listener stopped");
+            }
+        });
+        Ok(Self {
+            id: cfg.id,
+            raft,
+            applied,
+            tls: cfg.tls,
+            leader_client: Mutex::new(None),
+            events: std::sync::Mutex::new(Some(events)),
+            server,
+            stop,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Bootstraps a new cluster with these voters. Harmless on a cluster that
+    /// is already initialized with the same members.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Member>) -> Result<(), ClusterError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => Ok(()),
+            Err(e) => Err(ClusterError::Config(e.to_string())),
+        }
+    }
+
+    /// Commits a command on a quorum (forwarding to the leader if this node is
+    /// not it) and returns once the leader applied it.
+    pub async fn propose(&self, cmd: Command) -> Result<(), ClusterError> {
+        self.submit(Forward::Write(cmd)).await
+    }
+
+    /// Adds a member: first as a learner that catches up, then as a voter
+    /// (unless it is to stay a learner).
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        member: Member,
+        voter: bool,
+    ) -> Result<(), ClusterError> {
+        self.submit(Forward::AddLearner { id, member }).await?;
+        if voter {
+            let mut voters = self.voters();
+            voters.insert(id);
+            self.submit(Forward::ChangeVoters(voters)).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a member from the voters (it stops receiving the log).
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), ClusterError> {
+        let mut voters = self.voters();
+        voters.remove(&id);
+        self.submit(Forward::ChangeVoters(voters)).await
+    }
+
+    /// Voter ids in the last applied membership.
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        self.read().membership.membership().voter_ids().collect()
+    }
+
+    /// Every member in the last applied membership, voters and learners.
+    pub fn members(&self) -> BTreeMap<NodeId, Member> {
+        self.read()
+            .membership
+            .membership()
+            .nodes()
+            .map(|(id, m)| (*id, m.clone()))
+            .collect()
+    }
+
+    /// A copy of the replicated state as applied on this node.
+    pub fn state(&self) -> ClusterState {
+        self.read().state.clone()
+    }
+
+    /// Index of the last entry applied on this node.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.read().last_applied.map(|l| l.index)
+    }
+
+    /// The stream of applied changes, for the one consumer that keeps this
+    /// node's dataplane in step (taken once).
+    pub fn take_events(&self) -> Option<mpsc::UnboundedReceiver<StateEvent>> {
+        self.events.lock().ok().and_then(|mut e| e.take())
+    }
+
+    pub fn metrics(&self) -> RaftMetrics<NodeId, Member> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub async fn shutdown(self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        // A graceful stop sends GOAWAY on open connections, so peers reconnect
+        // (to a restarted node) instead of talking to a stopped Raft.
+        let _ = self.stop.send(());
+        let mut server = self.server;
+        if tokio::time::timeout(Duration::from_secs(1), &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Applied> {
+        self.applied
+            .read()
+            .unwrap_or_else(|_| panic!("state machine lock poisoned"))
+    }
+
+    async fn submit(&self, fwd: Forward) -> Result<(), ClusterError> {
+        match tokio::time::timeout(PROPOSE_TIMEOUT, self.submit_untimed(fwd)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClusterError::Timeout(PROPOSE_TIMEOUT)),
+        }
+    }
+
+    async fn submit_untimed(&self, fwd: Forward) -> Result<(), ClusterError> {
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let attempt = match &fwd {
+                Forward::Write(cmd) => self.raft.client_write(cmd.clone()).await.map(drop),
+                Forward::AddLearner { id, member } => self
+                    .raft
+                    .add_learner(*id, member.clone(), true)
+                    .await
+                    .map(drop),
+                Forward::ChangeVoters(ids) => self
+                    .raft
+                    .change_membership(ids.clone(), false)
+                    .await
+                    .map(drop),
+            };
+            let failure = match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) => ForwardFailure::from_write(e),
+            };
+            let Some((leader, member)) = failure.leader.clone() else {
+                if !failure.message.contains("forward") {
+                    return Err(ClusterError::Refused {
+                        leader: format!("node {}", self.id),
+                        message: failure.message,
+                    });
+                }
+                // An election is under way: wait for a leader.
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                continue;
+            };
+            match self.forward_to(leader, &member, &fwd).await {
+                Ok(()) => return Ok(()),
+                Err(ClusterError::Refused { message, .. }) if message.contains("forward") => {
+                    // The leader moved on meanwhile; ask again.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn forward_to(
+        &self,
+        leader: NodeId,
+        member: &Member,
+        fwd: &Forward,
+    ) -> Result<(), ClusterError> {
+        let mut cached = self.leader_client.lock().await;
+        let mut client = match cached.take() {
+            Some((id, c)) if id == leader => c,
+            _ => connect(&self.tls, member)
+                .await
+                .map_err(|e| ClusterError::Unreachable {
+                    leader: member.to_string(),
+                    reason: e.to_string(),
+                })?,
+        };
+        match forward(&mut client, fwd, PROPOSE_TIMEOUT).await {
+            Ok(result) => {
+                *cached = Some((leader, client));
+                result.map_err(|f| ClusterError::Refused {
+                    leader: member.to_string(),
+                    message: f.message,
+                })
+            }
+            Err(reason) => Err(ClusterError::Unreachable {
+                leader: member.to_string(),
+                reason,
+            }),
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The replicated state machine: what every node knows about tunnels, SAs,
+//! ownership, leases and sequence-number reservations. Applying is pure and
+//! deterministic (no clock, no IO), so every node that applies the same log
+//! holds the same state, and the simulator can check it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tandem_ike::config::ConnectionConfig;
+use tandem_ike::endpoint::ChildSa;
+use tandem_ike::record::IkeSaRecord;
+
+use crate::NodeId;
+use crate::command::Change;
+
+/// The cluster's shared state. Keys live in here (zeroizing); it reaches disk
+/// only sealed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub tunnels: BTreeMap<String, ConnectionConfig>,
+    /// By the gateway's own SPI.
+    pub ike_sas: BTreeMap<u64, CommittedIkeSa>,
+    /// By the gateway's inbound SPI.
+    pub child_sas: BTreeMap<u32, ChildSa>,
+    pub leases: BTreeMap<NodeId, NodeLease>,
+    /// Tunnel name to the node that sends for it.
+    pub owners: BTreeMap<String, NodeId>,
+    /// Outbound SPI to its highest reservation.
+    pub seq_reservations: BTreeMap<u32, SeqReservation>,
+    /// Inbound SPI to the highest sequence number accepted.
+    pub replay_marks: BTreeMap<u32, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedIkeSa {
+    pub record: IkeSaRecord,
+    /// The node whose endpoint committed it last.
+    pub by: NodeId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLease {
+    pub at_ms: u64,
+    pub duration_ms: u64,
+    pub renewals: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqReservation {
+    pub node: NodeId,
+    /// Sequence numbers up to this one (inclusive) are spoken for.
+    pub up_to: u64,
+}
+
+impl ClusterState {
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::TunnelUpsert(cfg) => {
+                self.tunnels.insert(cfg.name.clone(), (**cfg).clone());
+            }
+            Change::TunnelRemove { name } => {
+                self.tunnels.remove(name);
+                self.owners.remove(name);
+            }
+            Change::IkeSaCommitted { by, record } => {
+                self.ike_sas.insert(
+                    record.our_spi(),
+                    CommittedIkeSa {
+                        record: (**record).clone(),
+                        by: *by,
+                    },
+                );
+            }
+            Change::IkeSaRemoved { our_spi } => {
+                self.ike_sas.remove(our_spi);
+            }
+            Change::ChildSaInstalled(child) => {
+                self.child_sas.insert(child.inbound_spi, (**child).clone());
+            }
+            Change::ChildSaDeleted { inbound_spi } => {
+                if let Some(child) = self.child_sas.remove(inbound_spi) {
+                    self.seq_reservations.remove(&child.outbound_spi);
+                }
+                self.replay_marks.remove(inbound_spi);
+            }
+            Change::LeaseRenewed {
+                node,
+                at_ms,
+                duration_ms,
+            } => {
+                let lease = self.leases.entry(*node).or_insert(NodeLease {
+                    at_ms: 0,
+                    duration_ms: 0,
+                    renewals: 0,
+                });
+                lease.at_ms = *at_ms;
+                lease.duration_ms = *duration_ms;
+                lease.renewals += 1;
+            }
+            Change::OwnerAssigned { tunnel, node } => {
+                self.owners.insert(tunnel.clone(), *node);
+            }
+            Change::OwnerTransferred { tunnel, from, to } => {
+                // Only the current owner can hand a tunnel over; a stale
+                // transfer (the tunnel moved meanwhile) changes nothing.
+                if self.owners.get(tunnel) == Some(from) {
+                    self.owners.insert(tunnel.clone(), *to);
+                }
+            }
+            Change::SeqBlockReserved {
+                outbound_spi,
+                node,
+                up_to,
+            } => {
+                // Invariant 3: reservations only grow, whoever asks.
+                let r = self
+                    .seq_reservations
+                    .entry(*outbound_spi)
+                    .or_insert(SeqReservation {
+                        node: *node,
+                        up_to: 0,
+                    });
+                if *up_to > r.up_to {
+                    *r = SeqReservation {
+                        node: *node,
+                        up_to: *up_to,
+                    };
+                }
+            }
+            Change::ReplayMarkSynced {
+                inbound_spi,
+                highest,
+            } => {
+                if self.child_sas.contains_key(inbound_spi) {
+                    let mark = self.replay_marks.entry(*inbound_spi).or_insert(0);
+                    *mark = (*mark).max(*highest);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn child(inbound: u32, outbound: u32) -> ChildSa {
+        use tandem_crypto::{EncrAlg, Secret};
+        ChildSa {
+            connection: "site-a".into(),
+            inbound_spi: inbound,
+            outbound_spi: outbound,
+            encr: EncrAlg::AesGcm16 { key_bits: 128 },
+            integ: None,
+            esn: false,
+            inbound_encr_key: Secret::new(vec![1; 20]),
+            inbound_integ_key: None,
+            outbound_encr_key: Secret::new(vec![2; 20]),
+            outbound_integ_key: None,
+            local_ts: Vec::new(),
+            remote_ts: Vec::new(),
+            local: "192.0.2.1:4500".parse().unwrap(),
+            remote: "198.51.100.1:4500".parse().unwrap(),
+            replaces: None,
+        }
+    }
+
+    #[test]
+    fn reservations_and_replay_marks_never_go_backwards() {
+        let mut s = ClusterState::default();
+        s.apply(&Change::ChildSaInstalled(Box::new(child(1, 2))));
+        for (up_to, node) in [(1000, 1), (500, 2), (2000, 2)] {
+            s.apply(&Change::SeqBlockReserved {
+                outbound_spi: 2,
+                node,
+                up_to,
+            });
+        }
+        assert_eq!(
+            s.seq_reservations[&2],
+            SeqReservation {
+                node: 2,
+                up_to: 2000
+            }
+        );
+        for highest in [10, 5, 12] {
+            s.apply(&Change::ReplayMarkSynced {
+                inbound_spi: 1,
+                highest,
+            });
+        }
+        assert_eq!(s.replay_marks[&1], 12);
+        // A mark for an unknown child is not kept.
+        s.apply(&Change::ReplayMarkSynced {
+            inbound_spi: 9,
+            highest: 1,
+        });
+        assert!(!s.replay_marks.contains_key(&9));
+        s.apply(&Change::ChildSaDeleted { inbound_spi: 1 });
+        assert!(s.child_sas.is_empty() && s.seq_reservations.is_empty());
+        assert!(s.replay_marks.is_empty());
+    }
+
+    #[test]
+    fn only_the_owner_hands_a_tunnel_over() {
+        let mut s = ClusterState::default();
+        s.apply(&Change::OwnerAssigned {
+            tunnel: "t".into(),
+            node: 1,
+        });
+        s.apply(&Change::OwnerTransferred {
+            tunnel: "t".into(),
+            from: 2,
+            to: 3,
+        });
+        assert_eq!(s.owners["t"], 1, "stale transfer ignored");
+        s.apply(&Change::OwnerTransferred {
+            tunnel: "t".into(),
+            from: 1,
+            to: 2,
+        });
+        assert_eq!(s.owners["t"], 2);
+    }
+}

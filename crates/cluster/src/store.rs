@@ -1,0 +1,457 @@
+//! The on-disk store: Raft log, vote, committed index and snapshots in one redb
+//! database per node. Every write is durable when it returns (redb's default
+//! immediate durability, an fsync per transaction), so a `kill -9` at any point
+//! loses nothing that was acknowledged.
+//!
+//! Log entries and snapshots are sealed with the storage key before they are
+//! written (invariant 6); the vote and log positions hold no secrets and are
+//! stored plain. The state machine lives in memory and is rebuilt at start from
+//! the last snapshot, after which openraft re-applies the committed log.
+
+// openraft's traits fix the error type (StorageError, ~200 bytes); helpers
+// return the same so `?` works throughout. Errors here are rare and fatal.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::command::{Change, decode, encode};
+use crate::seal::StorageKey;
+use crate::state::ClusterState;
+use crate::{Member, NodeId, TypeConfig};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+const SNAPSHOT_META: &str = "snapshot_meta";
+const SNAPSHOT_DATA: &str = "snapshot_data";
+
+type SError = StorageError<NodeId>;
+type StoredSnapshot = (SnapshotMeta<NodeId, Member>, Vec<u8>);
+
+fn read_err(e: impl std::error::Error + 'static) -> SError {
+    StorageIOError::read(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> SError {
+    StorageIOError::write(&e).into()
+}
+
+fn read_logs_err(e: impl std::error::Error + 'static) -> SError {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_logs_err(e: impl std::error::Error + 'static) -> SError {
+    StorageIOError::write_logs(&e).into()
+}
+
+/// What the state machine tells the gateway after applying.
+#[derive(Debug, Clone)]
+pub enum StateEvent {
+    /// One committed entry's changes, in log order.
+    Applied(Vec<Change>),
+    /// A snapshot replaced the whole state: read it again.
+    Reset,
+}
+
+/// The state machine's contents, as the snapshot holds them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Applied {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, Member>,
+    pub state: ClusterState,
+}
+
+/// Opens (or creates) a node's store under `dir`.
+pub fn open(
+    dir: &Path,
+    key: StorageKey,
+) -> Result<(LogStore, StateMachine, mpsc::UnboundedReceiver<StateEvent>), SError> {
+    std::fs::create_dir_all(dir).map_err(write_err)?;
+    let db = Database::create(dir.join("tandem.redb")).map_err(write_err)?;
+    let shared = Arc::new(Shared { db, key });
+    {
+        let txn = shared.db.begin_write().map_err(write_err)?;
+        txn.open_table(LOG).map_err(write_err)?;
+        txn.open_table(META).map_err(write_err)?;
+        txn.commit().map_err(write_err)?;
+    }
+    let applied = match shared.snapshot()? {
+        Some((_, data)) => shared.open_snapshot(&data)?,
+        None => Applied::default(),
+    };
+    let (events, rx) = mpsc::unbounded_channel();
+    Ok((
+        LogStore {
+            shared: shared.clone(),
+        },
+        StateMachine {
+            shared,
+            applied: Arc::new(RwLock::new(applied)),
+            events,
+        },
+        rx,
+    ))
+}
+
+#[derive(Debug)]
+struct Shared {
+    db: Database,
+    key: StorageKey,
+}
+
+impl Shared {
+    fn meta<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, SError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(META).map_err(read_err)?;
+        let Some(v) = table.get(name).map_err(read_err)? else {
+            return Ok(None);
+        };
+        decode(v.value()).map(Some).map_err(read_err)
+    }
+
+    fn put_meta<T: Serialize>(&self, name: &str, value: &T) -> Result<(), SError> {
+        let txn = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut table = txn.open_table(META).map_err(write_err)?;
+            table
+                .insert(name, encode(value).as_slice())
+                .map_err(write_err)?;
+        }
+        txn.commit().map_err(write_err)
+    }
+
+    fn log_aad(index: u64) -> Vec<u8> {
+        [b"log ".as_slice(), &index.to_be_bytes()].concat()
+    }
+
+    fn seal_entry(&self, entry: &Entry<TypeConfig>) -> Vec<u8> {
+        let plain = zeroize::Zeroizing::new(encode(entry));
+        self.key.seal(&Self::log_aad(entry.log_id.index), &plain)
+    }
+
+    fn open_entry(&self, index: u64, sealed: &[u8]) -> Result<Entry<TypeConfig>, SError> {
+        let plain = self
+            .key
+            .open(&Self::log_aad(index), sealed)
+            .map_err(|e| StorageIOError::read_log_at_index(index, &e))?;
+        decode(&plain).map_err(|e| StorageIOError::read_log_at_index(index, &e).into())
+    }
+
+    fn snapshot(&self) -> Result<Option<StoredSnapshot>, SError> {
+        let Some(meta) = self.meta::<SnapshotMeta<NodeId, Member>>(SNAPSHOT_META)? else {
+            return Ok(None);
+        };
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(META).map_err(read_err)?;
+        let data = table
+            .get(SNAPSHOT_DATA)
+            .map_err(read_err)?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default();
+        Ok(Some((meta, data)))
+    }
+
+    fn open_snapshot(&self, sealed: &[u8]) -> Result<Applied, SError> {
+        let plain = self
+            .key
+            .open(b"snapshot", sealed)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        decode(&plain).map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+
+    fn save_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, Member>,
+        sealed: &[u8],
+    ) -> Result<(), SError> {
+        let err = |e: &dyn std::error::Error| -> SError {
+            StorageIOError::write_snapshot(
+                Some(meta.signature()),
+                openraft::AnyError::error(e.to_string()),
+            )
+            .into()
+        };
+        let txn = self.db.begin_write().map_err(|e| err(&e))?;
+        {
+            let mut table = txn.open_table(META).map_err(|e| err(&e))?;
+            table
+                .insert(SNAPSHOT_META, encode(meta).as_slice())
+                .map_err(|e| err(&e))?;
+            table.insert(SNAPSHOT_DATA, sealed).map_err(|e| err(&e))?;
+        }
+        txn.commit().map_err(|e| err(&e))
+    }
+}
+
+/// The Raft log (and vote); cheap to clone for openraft's readers.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SError> {
+        let txn = self.shared.db.begin_read().map_err(read_logs_err)?;
+        let table = txn.open_table(LOG).map_err(read_logs_err)?;
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        let mut out = Vec::new();
+        for item in table.range::<u64>(bounds).map_err(read_logs_err)? {
+            let (k, v) = item.map_err(read_logs_err)?;
+            out.push(self.shared.open_entry(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SError> {
+        let last_purged: Option<LogId<NodeId>> = self.shared.meta(LAST_PURGED)?;
+        let last = {
+            let txn = self.shared.db.begin_read().map_err(read_logs_err)?;
+            let table = txn.open_table(LOG).map_err(read_logs_err)?;
+            match table.last().map_err(read_logs_err)? {
+                Some((k, v)) => Some(self.shared.open_entry(k.value(), v.value())?.log_id),
+                None => None,
+            }
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
+        self.shared.put_meta(VOTE, vote)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
+        self.shared.meta(VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SError> {
+        self.shared.put_meta(COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SError> {
+        Ok(self
+            .shared
+            .meta::<Option<LogId<NodeId>>>(COMMITTED)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), SError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let sealed: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|e| (e.log_id.index, self.shared.seal_entry(&e)))
+            .collect();
+        let shared = self.shared.clone();
+        // The fsync blocks: keep it off the async workers.
+        let result = tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
+            let txn = shared.db.begin_write()?;
+            {
+                let mut table = txn.open_table(LOG)?;
+                for (index, bytes) in &sealed {
+                    table.insert(index, bytes.as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await;
+        let result = match result {
+            Ok(r) => r.map_err(std::io::Error::other),
+            Err(join) => Err(std::io::Error::other(join)),
+        };
+        let failed = result
+            .as_ref()
+            .err()
+            .map(|e| StorageIOError::write_logs(e).into());
+        callback.log_io_completed(result);
+        failed.map_or(Ok(()), Err)
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        self.remove((Bound::Included(log_id.index), Bound::Unbounded), None)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        self.remove(
+            (Bound::Unbounded, Bound::Included(log_id.index)),
+            Some(log_id),
+        )
+    }
+}
+
+impl LogStore {
+    /// Deletes a range of entries, and records the purge point with it in the
+    /// same transaction.
+    fn remove(
+        &self,
+        range: (Bound<u64>, Bound<u64>),
+        purged: Option<LogId<NodeId>>,
+    ) -> Result<(), SError> {
+        let txn = self.shared.db.begin_write().map_err(write_logs_err)?;
+        {
+            let mut table = txn.open_table(LOG).map_err(write_logs_err)?;
+            table
+                .retain_in::<u64, _>(range, |_, _| false)
+                .map_err(write_logs_err)?;
+            if let Some(purged) = purged {
+                let mut meta = txn.open_table(META).map_err(write_logs_err)?;
+                meta.insert(LAST_PURGED, encode(&purged).as_slice())
+                    .map_err(write_logs_err)?;
+            }
+        }
+        txn.commit().map_err(write_logs_err)
+    }
+}
+
+/// The state machine; `applied` is shared with the node for reads.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    pub(crate) applied: Arc<RwLock<Applied>>,
+    events: mpsc::UnboundedSender<StateEvent>,
+}
+
+impl StateMachine {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Applied> {
+        // A writer that panicked mid-apply leaves state we cannot trust; a
+        // node that keeps running on it could answer with stale keys.
+        self.applied
+            .read()
+            .unwrap_or_else(|_| panic!("state machine lock poisoned"))
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        self.applied
+            .write()
+            .unwrap_or_else(|_| panic!("state machine lock poisoned"))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>), SError> {
+        let a = self.read();
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, SError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        let mut a = self.write();
+        for entry in entries {
+            a.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(cmd) => {
+                    for change in &cmd.changes {
+                        a.state.apply(change);
+                    }
+                    // The receiver may be gone (a witness); nothing to tell then.
+                    let _ = self.events.send(StateEvent::Applied(cmd.changes));
+                }
+                EntryPayload::Membership(m) => {
+                    a.membership = StoredMembership::new(Some(entry.log_id), m);
+                }
+            }
+            out.push(());
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Member>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SError> {
+        let sealed = snapshot.into_inner();
+        let applied = self.shared.open_snapshot(&sealed)?;
+        self.shared.save_snapshot(meta, &sealed)?;
+        *self.write() = applied;
+        let _ = self.events.send(StateEvent::Reset);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SError> {
+        Ok(self.shared.snapshot()?.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
+        let (sealed, last, membership) = {
+            let a = self.read();
+            let plain = zeroize::Zeroizing::new(encode(&*a));
+            (
+                self.shared.key.seal(b"snapshot", &plain),
+                a.last_applied,
+                a.membership.clone(),
+            )
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: membership,
+            snapshot_id: match last {
+                Some(l) => format!("{}-{}", l.leader_id, l.index),
+                None => "empty".into(),
+            },
+        };
+        self.shared.save_snapshot(&meta, &sealed)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(sealed)),
+        })
+    }
+}
