@@ -415,11 +415,15 @@ impl Tunnel {
 
     fn swanctl_conf(&self) -> String {
         let secs = |d: Duration| format!("{}s", d.as_secs());
-        // Hard lifetimes a little above the rekey times: long enough for a
-        // rekey to finish, short enough that a rekey that never happens shows.
-        let over = |d: Duration| secs((d / 10).max(Duration::from_secs(3)));
+        // Hard lifetimes above the rekey times by at least 15 s: a rekey must
+        // survive one lost datagram, which strongSwan retransmits after 4 s and
+        // again 7.2 s later. With only 3 s of margin, a lost rekey request let
+        // the old IKE SA reach its hard lifetime mid-exchange, and strongSwan
+        // then moved the queued IKE_DELETE onto the new SA, closing it. A rekey
+        // that never happens still shows: the tests check each one happened.
+        let over = |d: Duration| secs((d / 10).max(Duration::from_secs(15)));
         let child_life =
-            secs(self.child_rekey + (self.child_rekey / 10).max(Duration::from_secs(3)));
+            secs(self.child_rekey + (self.child_rekey / 10).max(Duration::from_secs(15)));
         let start = if self.initiate { "start" } else { "none" };
         format!(
             "connections {{

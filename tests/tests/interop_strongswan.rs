@@ -80,23 +80,7 @@ fn no_ike_sas(gw: &Tandemd) -> anyhow::Result<Option<()>> {
         .then_some(()))
 }
 
-/// Runs a case, once more if the first attempt fails, printing the first
-/// failure in full. A stopgap with a known cause, not a tolerance: after a
-/// peer-initiated IKE rekey, tandemd sometimes closes the new IKE SA when the
-/// peer deletes the old one (about one case in twelve per suite run). Remove
-/// the second attempt with that fix.
 fn run(case: Case) -> anyhow::Result<()> {
-    let Err(first) = attempt(&case) else {
-        return Ok(());
-    };
-    println!(
-        "FIRST ATTEMPT FAILED ({} / {}), retrying once: {first:#}",
-        case.ike, case.esp
-    );
-    attempt(&case)
-}
-
-fn attempt(case: &Case) -> anyhow::Result<()> {
     let _serial = serial();
     let net = SiteToSite::new()?;
     let dir = net.dir.path();
@@ -126,7 +110,7 @@ fn attempt(case: &Case) -> anyhow::Result<()> {
     );
     let peer = Charon::start(&net.peer, dir, &peer_side).context(label.clone())?;
     let gw = Tandemd::start(&net.gw, dir, &gw_side).context(label.clone())?;
-    let result = exercise(case, &label, &net, &peer, &gw).with_context(|| {
+    let result = exercise(&case, &label, &net, &peer, &gw).with_context(|| {
         format!(
             "{label}\n--- strongSwan log tail:\n{}\n--- tandemd log tail:\n{}",
             peer.log_tail(40),
