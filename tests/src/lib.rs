@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 
+pub mod cluster;
+
 /// Real-peer tests share two cores; running them one at a time keeps their
 /// throughput and loss figures meaningful (and the fixed iperf3 port free).
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -485,7 +487,8 @@ secrets {{
         )
     }
 
-    fn tandemd_conf(&self, control_socket: &Path) -> String {
+    /// tandemd's config for this tunnel, as the node `who`.
+    pub fn tandemd_conf(&self, control_socket: &Path, who: &GatewayNode) -> String {
         let secs = |d: Duration| format!("\"{}s\"", d.as_secs());
         let dpd = if self.dpd_delay.is_zero() {
             "\"off\"".to_owned()
@@ -494,14 +497,16 @@ secrets {{
         };
         format!(
             "[node]
-name = \"gw1\"
+name = \"{node}\"
 control_socket = \"{sock}\"
 
 [ike]
 listen = [\"{la}\"]
+port = {ike_port}
+natt_port = {natt_port}
 
 [tun]
-name = \"tandem0\"
+name = \"{tun}\"
 mtu = 1400
 
 [[connection]]
@@ -521,6 +526,10 @@ dpd_delay = {dpd}
 initiate = {init}
 ",
             sock = control_socket.display(),
+            node = who.name,
+            ike_port = who.ike_port,
+            natt_port = who.natt_port,
+            tun = who.tun,
             name = self.name,
             la = self.local_addr,
             ra = self.remote_addr,
@@ -919,6 +928,27 @@ pub fn parse_list_sas(text: &str) -> Vec<PeerIkeSa> {
     sas
 }
 
+/// Who a tandemd is on its machine: its node name (its certificate's, in a
+/// cluster), TUN device and IKE ports.
+#[derive(Debug, Clone)]
+pub struct GatewayNode {
+    pub name: String,
+    pub tun: String,
+    pub ike_port: u16,
+    pub natt_port: u16,
+}
+
+impl Default for GatewayNode {
+    fn default() -> Self {
+        Self {
+            name: "gw1".into(),
+            tun: "tandem0".into(),
+            ike_port: 500,
+            natt_port: 4500,
+        }
+    }
+}
+
 /// A tandemd process in a namespace with its generated config.
 #[derive(Debug)]
 pub struct Tandemd {
@@ -948,12 +978,24 @@ impl Tandemd {
     /// Starts tandemd in `ns` with one connection, `tunnel`, and waits until it
     /// logs that it is ready.
     pub fn start(ns: &Netns, dir: &Path, tunnel: &Tunnel) -> anyhow::Result<Tandemd> {
+        Self::start_with(ns, dir, |socket| {
+            tunnel.tandemd_conf(socket, &GatewayNode::default())
+        })
+    }
+
+    /// Starts tandemd in `ns` with the config `make` writes for a control
+    /// socket path, and waits until it logs that it is ready.
+    pub fn start_with(
+        ns: &Netns,
+        dir: &Path,
+        make: impl FnOnce(&Path) -> String,
+    ) -> anyhow::Result<Tandemd> {
         let bin = Self::binary()?;
         let dir = dir.join(unique("tandemd-"));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("tandemd.sock");
         let config = dir.join("tandemd.toml");
-        std::fs::write(&config, tunnel.tandemd_conf(&socket))?;
+        std::fs::write(&config, make(&socket))?;
         let log = dir.join("tandemd.log");
         let proc = ns.spawn(
             &[
@@ -990,6 +1032,18 @@ impl Tandemd {
 
     pub fn pid(&self) -> u32 {
         self.proc.pid()
+    }
+
+    /// `kill -9`: no shutdown code runs, as in a crash.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        run_output(Command::new("kill").args(["-KILL", &self.pid().to_string()]))?;
+        self.proc.wait(Duration::from_secs(5))?;
+        Ok(())
+    }
+
+    /// `tandemd ARGS...` (the binary beside the tests), for `cert` and friends.
+    pub fn tool(args: &[&str]) -> anyhow::Result<String> {
+        run_output(Command::new(Self::binary()?).args(args))
     }
 
     /// `tandemd ctl --socket SOCKET args...`; fails unless it exits 0.

@@ -87,6 +87,13 @@ pub enum Change {
         inbound_spi: u32,
         highest: u64,
     },
+    /// An operator's probe (`tandemd ctl probe`): proves the cluster commits
+    /// and measures how fast, with `padding` making it as large as an SA.
+    Probe {
+        node: NodeId,
+        seq: u64,
+        padding: Vec<u8>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

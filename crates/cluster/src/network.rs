@@ -173,26 +173,90 @@ pub(crate) enum Forward {
     ChangeVoters(BTreeSet<NodeId>),
 }
 
-/// Why a forwarded request failed, with the leader as the receiver knows it.
+/// Why a request failed where it was executed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ForwardFailure {
-    pub leader: Option<(NodeId, Member)>,
+    /// Not the leader: who is, if known. Worth asking again (there, or here
+    /// once an election settles).
+    pub not_leader: Option<Option<(NodeId, Member)>>,
     pub message: String,
 }
 
 impl ForwardFailure {
     pub fn from_write(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Self {
-        let leader = match &e {
+        let not_leader = match &e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                f.leader_id.zip(f.leader_node.clone())
+                Some(f.leader_id.zip(f.leader_node.clone()))
             }
             _ => None,
         };
         Self {
-            leader,
+            not_leader,
             message: e.to_string(),
         }
     }
+}
+
+/// How long a new member may take to catch up before it is refused.
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(15);
+
+/// Executes a request on this node, which must be the leader to succeed.
+pub(crate) async fn execute(raft: &Raft, fwd: &Forward) -> Result<(), ForwardFailure> {
+    match fwd {
+        Forward::Write(cmd) => raft.client_write(cmd.clone()).await.map(drop),
+        Forward::AddLearner { id, member } => {
+            raft.add_learner(*id, member.clone(), false)
+                .await
+                .map_err(ForwardFailure::from_write)?;
+            return await_learner(raft, *id, member).await;
+        }
+        Forward::ChangeVoters(ids) => raft.change_membership(ids.clone(), false).await.map(drop),
+    }
+    .map_err(ForwardFailure::from_write)
+}
+
+/// A learner joins for real only once it has the log: one that cannot (its
+/// certificate is not from the cluster CA, it is unreachable) is removed
+/// again rather than left in the membership, where as a voter it would only
+/// weaken the quorum.
+async fn await_learner(raft: &Raft, id: NodeId, member: &Member) -> Result<(), ForwardFailure> {
+    let mut metrics = raft.metrics();
+    let caught_up = tokio::time::timeout(LEARNER_CATCH_UP, async {
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|l| l.index);
+                if matched.is_some() && matched >= m.last_log_index {
+                    return;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok();
+    if caught_up {
+        return Ok(());
+    }
+    let removed = raft
+        .change_membership(openraft::ChangeMembers::RemoveNodes([id].into()), false)
+        .await;
+    Err(ForwardFailure {
+        not_leader: None,
+        message: format!(
+            "member {id} ({member}) did not catch up within {LEARNER_CATCH_UP:?}: unreachable, or its certificate is not signed by this cluster's CA; {}",
+            match removed {
+                Ok(_) => "not added".to_owned(),
+                Err(e) => format!("and removing it again failed: {e}"),
+            }
+        ),
+    })
 }
 
 /// The gRPC server side: hands each RPC to the local Raft.
@@ -231,15 +295,7 @@ impl raft_server::Raft for Service {
 
     async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let fwd: Forward = unpack(req.get_ref()).map_err(bad_request)?;
-        let result: Result<(), ForwardFailure> = match fwd {
-            Forward::Write(cmd) => self.raft.client_write(cmd).await.map(drop),
-            Forward::AddLearner { id, member } => {
-                self.raft.add_learner(id, member, true).await.map(drop)
-            }
-            Forward::ChangeVoters(ids) => self.raft.change_membership(ids, false).await.map(drop),
-        }
-        .map_err(ForwardFailure::from_write);
-        Ok(Response::new(payload(&result)))
+        Ok(Response::new(payload(&execute(&self.raft, &fwd).await)))
     }
 }
 

@@ -13,7 +13,7 @@ use tandem_rpc::raft::raft_server::RaftServer;
 use tokio::sync::{Mutex, mpsc};
 use tonic::transport::{Channel, Server};
 
-use crate::network::{Forward, ForwardFailure, Network, Service, connect, forward};
+use crate::network::{Forward, Network, Service, connect, execute, forward};
 pub use crate::store::StateEvent;
 use crate::store::{self, Applied};
 use crate::tls::NodeTls;
@@ -22,6 +22,8 @@ use crate::{ClusterState, Command, Member, NodeId, Raft, StorageKey};
 /// How long a proposal may take, leader changes and forwarding included,
 /// before the caller hears it failed.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Membership changes wait for a new member to catch up.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -175,7 +177,7 @@ impl Cluster {
     /// Commits a command on a quorum (forwarding to the leader if this node is
     /// not it) and returns once the leader applied it.
     pub async fn propose(&self, cmd: Command) -> Result<(), ClusterError> {
-        self.submit(Forward::Write(cmd)).await
+        self.submit(Forward::Write(cmd), PROPOSE_TIMEOUT).await
     }
 
     /// Adds a member: first as a learner that catches up, then as a voter
@@ -186,11 +188,13 @@ impl Cluster {
         member: Member,
         voter: bool,
     ) -> Result<(), ClusterError> {
-        self.submit(Forward::AddLearner { id, member }).await?;
+        self.submit(Forward::AddLearner { id, member }, MEMBERSHIP_TIMEOUT)
+            .await?;
         if voter {
             let mut voters = self.voters();
             voters.insert(id);
-            self.submit(Forward::ChangeVoters(voters)).await?;
+            self.submit(Forward::ChangeVoters(voters), MEMBERSHIP_TIMEOUT)
+                .await?;
         }
         Ok(())
     }
@@ -199,7 +203,8 @@ impl Cluster {
     pub async fn remove_member(&self, id: NodeId) -> Result<(), ClusterError> {
         let mut voters = self.voters();
         voters.remove(&id);
-        self.submit(Forward::ChangeVoters(voters)).await
+        self.submit(Forward::ChangeVoters(voters), MEMBERSHIP_TIMEOUT)
+            .await
     }
 
     /// Voter ids in the last applied membership.
@@ -259,54 +264,44 @@ impl Cluster {
             .unwrap_or_else(|_| panic!("state machine lock poisoned"))
     }
 
-    async fn submit(&self, fwd: Forward) -> Result<(), ClusterError> {
-        match tokio::time::timeout(PROPOSE_TIMEOUT, self.submit_untimed(fwd)).await {
-            Ok(r) => r,
-            Err(_) => Err(ClusterError::Timeout(PROPOSE_TIMEOUT)),
-        }
-    }
-
-    async fn submit_untimed(&self, fwd: Forward) -> Result<(), ClusterError> {
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            let attempt = match &fwd {
-                Forward::Write(cmd) => self.raft.client_write(cmd.clone()).await.map(drop),
-                Forward::AddLearner { id, member } => self
-                    .raft
-                    .add_learner(*id, member.clone(), true)
-                    .await
-                    .map(drop),
-                Forward::ChangeVoters(ids) => self
-                    .raft
-                    .change_membership(ids.clone(), false)
-                    .await
-                    .map(drop),
-            };
-            let failure = match attempt {
-                Ok(()) => return Ok(()),
-                Err(e) => ForwardFailure::from_write(e),
-            };
-            let Some((leader, member)) = failure.leader.clone() else {
-                if !failure.message.contains("forward") {
-                    return Err(ClusterError::Refused {
-                        leader: format!("node {}", self.id),
-                        message: failure.message,
-                    });
+    async fn submit(&self, fwd: Forward, timeout: Duration) -> Result<(), ClusterError> {
+        let mut last = ClusterError::NoLeader;
+        let attempts = async {
+            let mut backoff = Duration::from_millis(20);
+            loop {
+                let failure = match execute(&self.raft, &fwd).await {
+                    Ok(()) => return Ok(()),
+                    Err(f) => f,
+                };
+                match failure.not_leader {
+                    None => {
+                        return Err(ClusterError::Refused {
+                            leader: format!("node {}", self.id),
+                            message: failure.message,
+                        });
+                    }
+                    Some(Some((leader, member))) if leader != self.id => {
+                        match self.forward_to(leader, &member, &fwd, timeout).await {
+                            Ok(()) => return Ok(()),
+                            Err(Retry::No(e)) => return Err(e),
+                            // The leader died or moved on: ask again.
+                            Err(Retry::Yes(e)) => last = e,
+                        }
+                    }
+                    // An election is under way (or this node was just elected).
+                    Some(_) => last = ClusterError::NoLeader,
                 }
-                // An election is under way: wait for a leader.
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
-                continue;
-            };
-            match self.forward_to(leader, &member, &fwd).await {
-                Ok(()) => return Ok(()),
-                Err(ClusterError::Refused { message, .. }) if message.contains("forward") => {
-                    // The leader moved on meanwhile; ask again.
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                }
-                Err(e) => return Err(e),
+                backoff = (backoff * 2).min(Duration::from_millis(250));
             }
+        };
+        let result = tokio::time::timeout(timeout, attempts).await;
+        match result {
+            Ok(r) => r,
+            Err(_) => Err(match last {
+                ClusterError::NoLeader => ClusterError::Timeout(timeout),
+                other => other,
+            }),
         }
     }
 
@@ -315,29 +310,43 @@ impl Cluster {
         leader: NodeId,
         member: &Member,
         fwd: &Forward,
-    ) -> Result<(), ClusterError> {
+        timeout: Duration,
+    ) -> Result<(), Retry> {
         let mut cached = self.leader_client.lock().await;
         let mut client = match cached.take() {
             Some((id, c)) if id == leader => c,
-            _ => connect(&self.tls, member)
-                .await
-                .map_err(|e| ClusterError::Unreachable {
+            _ => connect(&self.tls, member).await.map_err(|e| {
+                Retry::Yes(ClusterError::Unreachable {
                     leader: member.to_string(),
                     reason: e.to_string(),
-                })?,
+                })
+            })?,
         };
-        match forward(&mut client, fwd, PROPOSE_TIMEOUT).await {
+        match forward(&mut client, fwd, timeout).await {
             Ok(result) => {
                 *cached = Some((leader, client));
-                result.map_err(|f| ClusterError::Refused {
-                    leader: member.to_string(),
-                    message: f.message,
+                result.map_err(|f| {
+                    let e = ClusterError::Refused {
+                        leader: member.to_string(),
+                        message: f.message,
+                    };
+                    if f.not_leader.is_some() {
+                        Retry::Yes(e)
+                    } else {
+                        Retry::No(e)
+                    }
                 })
             }
-            Err(reason) => Err(ClusterError::Unreachable {
+            Err(reason) => Err(Retry::Yes(ClusterError::Unreachable {
                 leader: member.to_string(),
                 reason,
-            }),
+            })),
         }
     }
+}
+
+/// A failed forward: worth asking again (the leader moved or died) or final.
+enum Retry {
+    Yes(ClusterError),
+    No(ClusterError),
 }

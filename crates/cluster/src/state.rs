@@ -29,6 +29,8 @@ pub struct ClusterState {
     pub seq_reservations: BTreeMap<u32, SeqReservation>,
     /// Inbound SPI to the highest sequence number accepted.
     pub replay_marks: BTreeMap<u32, u64>,
+    /// Highest probe sequence number committed, per proposing node.
+    pub probes: BTreeMap<NodeId, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +137,10 @@ impl ClusterState {
                     let mark = self.replay_marks.entry(*inbound_spi).or_insert(0);
                     *mark = (*mark).max(*highest);
                 }
+            }
+            Change::Probe { node, seq, .. } => {
+                let last = self.probes.entry(*node).or_insert(0);
+                *last = (*last).max(*seq);
             }
         }
     }

@@ -50,6 +50,21 @@ pub struct Config {
     pub tun_mtu: u16,
     pub limits: Limits,
     pub connections: Vec<Connection>,
+    /// Absent: a standalone gateway, no replication.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// The `[cluster]` section: this node's place in the Raft cluster.
+#[derive(Debug)]
+pub struct ClusterSettings {
+    pub id: u64,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub pki_dir: PathBuf,
+    pub witness: bool,
+    pub snapshot_every: u64,
+    /// The initial voters, the same list on every node.
+    pub members: std::collections::BTreeMap<u64, tandem_cluster::Member>,
 }
 
 /// One configured tunnel: what the IKE endpoint needs plus the dataplane settings.
@@ -103,11 +118,123 @@ fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     node: RawNode,
-    ike: RawIke,
+    /// Required unless the node is a witness.
+    ike: Option<RawIke>,
     #[serde(default)]
     tun: RawTun,
     #[serde(default, rename = "connection")]
     connections: Vec<RawConnection>,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    id: u64,
+    listen: String,
+    data_dir: PathBuf,
+    pki_dir: PathBuf,
+    #[serde(default)]
+    role: Role,
+    /// Build a snapshot (and compact the log) after this many entries.
+    snapshot_every: Option<u64>,
+    #[serde(rename = "member")]
+    members: Vec<RawMember>,
+}
+
+#[derive(Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Role {
+    #[default]
+    Gateway,
+    Witness,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    id: u64,
+    name: String,
+    addr: String,
+    #[serde(default)]
+    witness: bool,
+}
+
+impl RawCluster {
+    fn validate(self, node_name: &str, base: &Path) -> Result<ClusterSettings, ConfigError> {
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            err(
+                "cluster.listen",
+                format!("{:?} is not an address like 10.0.0.1:7400", self.listen),
+            )
+        })?;
+        let mut members = std::collections::BTreeMap::new();
+        let mut names = BTreeSet::new();
+        for (i, m) in self.members.into_iter().enumerate() {
+            let key = format!("cluster.member[{i}]");
+            if m.addr.parse::<SocketAddr>().is_err() {
+                return Err(err(
+                    format!("{key}.addr"),
+                    format!("{:?} is not an address like 10.0.0.1:7400", m.addr),
+                ));
+            }
+            if !names.insert(m.name.clone()) {
+                return Err(err(
+                    format!("{key}.name"),
+                    format!("duplicate name {:?}", m.name),
+                ));
+            }
+            let member = tandem_cluster::Member {
+                name: m.name,
+                addr: m.addr,
+                witness: m.witness,
+            };
+            if members.insert(m.id, member).is_some() {
+                return Err(err(format!("{key}.id"), format!("duplicate id {}", m.id)));
+            }
+        }
+        let Some(me) = members.get(&self.id) else {
+            return Err(err(
+                "cluster.id",
+                format!("{} is not among cluster.member ids", self.id),
+            ));
+        };
+        if me.name != node_name {
+            return Err(err(
+                "node.name",
+                format!(
+                    "must match cluster.member {}'s name {:?} (its certificate name)",
+                    self.id, me.name
+                ),
+            ));
+        }
+        let witness = self.role == Role::Witness;
+        if me.witness != witness {
+            return Err(err(
+                "cluster.role",
+                format!("disagrees with cluster.member {}'s witness flag", self.id),
+            ));
+        }
+        if members.values().filter(|m| !m.witness).count() == 0 {
+            return Err(err(
+                "cluster.member",
+                "needs at least one gateway (non-witness) member",
+            ));
+        }
+        Ok(ClusterSettings {
+            id: self.id,
+            listen,
+            data_dir: base.join(self.data_dir),
+            pki_dir: base.join(self.pki_dir),
+            witness,
+            snapshot_every: match self.snapshot_every {
+                Some(0) => return Err(err("cluster.snapshot_every", "must be at least 1")),
+                Some(n) => n,
+                None => tandem_cluster::node::RaftTiming::default().snapshot_every,
+            },
+            members,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -195,17 +322,44 @@ impl RawConfig {
         if self.node.name.trim().is_empty() {
             return Err(err("node.name", "must not be empty"));
         }
-        if self.ike.listen.is_empty() {
+        let cluster = self
+            .cluster
+            .map(|c| c.validate(&self.node.name, base))
+            .transpose()?;
+        let witness = cluster.as_ref().is_some_and(|c| c.witness);
+        let ike = match (self.ike, witness) {
+            (Some(ike), false) => ike,
+            (None, false) => return Err(err("ike", "missing section (only a witness has none)")),
+            (Some(_), true) => {
+                return Err(err(
+                    "ike",
+                    "a witness has no dataplane; remove this section",
+                ));
+            }
+            (None, true) => RawIke {
+                listen: Vec::new(),
+                port: IKE_PORT,
+                natt_port: NATT_PORT,
+                cookie_threshold: None,
+                max_half_open: None,
+            },
+        };
+        if witness && !self.connections.is_empty() {
+            return Err(err(
+                "connection",
+                "a witness carries no tunnels; remove them",
+            ));
+        }
+        if ike.listen.is_empty() && !witness {
             return Err(err("ike.listen", "needs at least one address"));
         }
-        let listen = self
-            .ike
+        let listen = ike
             .listen
             .iter()
             .enumerate()
             .map(|(i, s)| parse_ip(&format!("ike.listen[{i}]"), s))
             .collect::<Result<Vec<_>, _>>()?;
-        if self.ike.port == self.ike.natt_port {
+        if ike.port == ike.natt_port {
             return Err(err("ike.natt_port", "must differ from ike.port"));
         }
         if self.tun.name.is_empty() || self.tun.name.len() > 15 {
@@ -219,11 +373,8 @@ impl RawConfig {
         }
         let defaults = Limits::default();
         let limits = Limits {
-            cookie_threshold: self
-                .ike
-                .cookie_threshold
-                .unwrap_or(defaults.cookie_threshold),
-            max_half_open: self.ike.max_half_open.unwrap_or(defaults.max_half_open),
+            cookie_threshold: ike.cookie_threshold.unwrap_or(defaults.cookie_threshold),
+            max_half_open: ike.max_half_open.unwrap_or(defaults.max_half_open),
         };
 
         let mut names = BTreeSet::new();
@@ -245,12 +396,13 @@ impl RawConfig {
             node_name: self.node.name,
             control_socket: self.node.control_socket,
             listen,
-            ike_port: self.ike.port,
-            natt_port: self.ike.natt_port,
+            ike_port: ike.port,
+            natt_port: ike.natt_port,
             tun_name: self.tun.name,
             tun_mtu: self.tun.mtu,
             limits,
             connections,
+            cluster,
         })
     }
 }

@@ -18,6 +18,16 @@ pub enum Command {
     Terminate(String),
     RekeyChild(String),
     RekeyIke(String),
+    /// Adds a cluster member (a voter), which then catches up from the leader.
+    MemberAdd(tandem_cluster::NodeId, tandem_cluster::Member),
+    MemberRemove(tandem_cluster::NodeId),
+    /// Commits `count` probe entries, `writers` at a time, each padded to
+    /// `bytes`, and reports commit latency.
+    Probe {
+        count: u64,
+        writers: u64,
+        bytes: usize,
+    },
 }
 
 impl Command {
@@ -36,8 +46,53 @@ impl Command {
             "terminate" => Ok(Command::Terminate(name()?)),
             "rekey-child" => Ok(Command::RekeyChild(name()?)),
             "rekey-ike" => Ok(Command::RekeyIke(name()?)),
+            "member-add" => {
+                let usage = "usage: member-add ID NAME HOST:PORT [witness]";
+                let rest: Vec<&str> = words.collect();
+                let (id, name, addr, witness) = match rest.as_slice() {
+                    [id, name, addr] => (id, name, addr, false),
+                    [id, name, addr, "witness"] => (id, name, addr, true),
+                    _ => return Err(usage.into()),
+                };
+                let id = id.parse().map_err(|_| format!("{usage}: ID is a number"))?;
+                if addr.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(format!("{usage}: {addr:?} is not HOST:PORT"));
+                }
+                Ok(Command::MemberAdd(
+                    id,
+                    tandem_cluster::Member {
+                        name: (*name).to_owned(),
+                        addr: (*addr).to_owned(),
+                        witness,
+                    },
+                ))
+            }
+            "probe" => {
+                let usage = "usage: probe COUNT [WRITERS [BYTES]]";
+                let mut num = |default: Option<u64>| -> Result<u64, String> {
+                    match words.next() {
+                        Some(w) => w.parse().map_err(|_| usage.to_owned()),
+                        None => default.ok_or_else(|| usage.to_owned()),
+                    }
+                };
+                let count = num(None)?;
+                let writers = num(Some(1))?.clamp(1, 1024);
+                let bytes = num(Some(0))?.min(64 * 1024) as usize;
+                Ok(Command::Probe {
+                    count,
+                    writers,
+                    bytes,
+                })
+            }
+            "member-remove" => {
+                let id = words
+                    .next()
+                    .and_then(|w| w.parse().ok())
+                    .ok_or("usage: member-remove ID")?;
+                Ok(Command::MemberRemove(id))
+            }
             other => Err(format!(
-                "unknown command {other:?}; expected status, initiate, terminate, rekey-child or rekey-ike"
+                "unknown command {other:?}; expected status, initiate, terminate, rekey-child, rekey-ike, member-add, member-remove or probe"
             )),
         }
     }

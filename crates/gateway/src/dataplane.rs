@@ -49,22 +49,8 @@ impl Dataplane {
     /// seal under the new SA before then are lost. strongSwan defers its
     /// outbound switch as rekey responder for the same reason.
     pub fn install(&mut self, child: &ChildSa) -> Result<(), EspError> {
-        let window = self
-            .replay_windows
-            .get(&child.connection)
-            .copied()
-            .unwrap_or(1024);
-        self.sadb.install_inbound(
-            SaParams {
-                spi: child.inbound_spi,
-                encr: child.encr,
-                integ: child.integ,
-                encr_key: child.inbound_encr_key.clone(),
-                integ_key: child.inbound_integ_key.clone(),
-                esn: child.esn,
-            },
-            window,
-        )?;
+        self.sadb
+            .install_inbound(inbound_params(child), self.replay_window(&child.connection))?;
         if let Some(old) = child
             .replaces
             .filter(|old| self.sadb.inbound_stats(*old).is_some())
@@ -79,6 +65,27 @@ impl Dataplane {
             self.sadb.remove_inbound(child.inbound_spi);
         }
         outbound
+    }
+
+    /// Whether `connection` is one of this node's configured tunnels.
+    pub fn knows(&self, connection: &str) -> bool {
+        self.replay_windows.contains_key(connection)
+    }
+
+    /// Hot standby: the inbound half of another node's child SA, ready to
+    /// decrypt. The outbound half is never installed here: a node that
+    /// takes over starts it from its sequence-number reservation.
+    pub fn install_standby(&mut self, child: &ChildSa) -> Result<(), EspError> {
+        self.sadb
+            .install_inbound(inbound_params(child), self.replay_window(&child.connection))
+    }
+
+    pub fn remove_standby(&mut self, inbound_spi: u32) {
+        self.sadb.remove_inbound(inbound_spi);
+    }
+
+    fn replay_window(&self, connection: &str) -> u32 {
+        self.replay_windows.get(connection).copied().unwrap_or(1024)
     }
 
     fn install_outbound(&mut self, child: &ChildSa) -> Result<(), EspError> {
@@ -203,6 +210,17 @@ impl Dataplane {
             "remote": sa.remote.to_string(),
             "children": children,
         })
+    }
+}
+
+fn inbound_params(child: &ChildSa) -> SaParams {
+    SaParams {
+        spi: child.inbound_spi,
+        encr: child.encr,
+        integ: child.integ,
+        encr_key: child.inbound_encr_key.clone(),
+        integ_key: child.inbound_integ_key.clone(),
+        esn: child.esn,
     }
 }
 

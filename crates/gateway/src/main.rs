@@ -9,6 +9,7 @@ mod config;
 mod control;
 mod dataplane;
 mod node;
+mod replication;
 mod tun;
 
 #[derive(Parser)]
@@ -40,13 +41,35 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Create the cluster's PKI: a CA, node certificates, the storage key.
+    Cert {
+        #[command(subcommand)]
+        action: CertCmd,
+    },
     /// Send a command to a running tandemd over its control socket.
     Ctl {
         #[arg(long, default_value = "/run/tandem/tandemd.sock")]
         socket: PathBuf,
-        /// status | initiate NAME | terminate NAME | rekey-child NAME | rekey-ike NAME
+        /// status | initiate NAME | terminate NAME | rekey-child NAME | rekey-ike NAME |
+        /// member-add ID NAME HOST:PORT [witness] | member-remove ID
         #[arg(required = true, num_args = 1..)]
         command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Create a cluster CA (ca.pem, ca.key) and storage key (storage.key) in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue NAME.pem and NAME.key in DIR, signed by its CA; NAME is the node's
+    /// `node.name` (and its certificate's DNS name).
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        name: String,
     },
 }
 
@@ -64,6 +87,7 @@ fn main() -> std::process::ExitCode {
                 )
             })
             .map_err(Into::into),
+        Cmd::Cert { action } => cert(action),
         Cmd::Ctl { socket, command } => runtime().and_then(|rt| {
             rt.block_on(control::call(&socket, &command.join(" ")))
                 .map(|reply| println!("{reply}"))
@@ -77,6 +101,21 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn cert(action: CertCmd) -> anyhow::Result<()> {
+    use tandem_cluster::tls;
+    match action {
+        CertCmd::Init { dir } => {
+            tls::init(&dir)?;
+            println!("cluster CA and storage key written to {}", dir.display());
+        }
+        CertCmd::Issue { dir, name } => {
+            tls::issue(&dir, &name)?;
+            println!("{0}/{name}.pem and {0}/{name}.key written", dir.display());
+        }
+    }
+    Ok(())
 }
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {

@@ -5,14 +5,15 @@
 //! Socket and TUN reads happen in small reader tasks that only move bytes; all
 //! protocol state lives in the one main loop, so nothing is shared or locked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use tandem_cluster::{Change, Cluster, StateEvent};
 use tandem_crypto::OsRandom;
-use tandem_ike::endpoint::{Endpoint, Event, Transmit};
+use tandem_ike::endpoint::{ChildSa, Endpoint, Event, Transmit};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tun_rs::AsyncDevice;
@@ -20,6 +21,7 @@ use tun_rs::AsyncDevice;
 use crate::config::Config;
 use crate::control::{self, Command, Request};
 use crate::dataplane::{Dataplane, Decapsulated};
+use crate::replication::{self, Step};
 use crate::tun;
 
 /// Largest datagram we read: IKE messages and ESP packets both fit (jumbo frames
@@ -43,6 +45,15 @@ enum Input {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let cluster = match &config.cluster {
+        Some(settings) => Some(replication::start(&config.node_name, settings).await?),
+        None => None,
+    };
+    if let Some(cluster) = &cluster
+        && config.cluster.as_ref().is_some_and(|c| c.witness)
+    {
+        return run_witness(&config, cluster.clone()).await;
+    }
     let tun_dev = Arc::new(tun::open(&config.tun_name, config.tun_mtu)?);
     let routes = tun::Routes::new(&config.tun_name).await?;
     for conn in &config.connections {
@@ -69,7 +80,47 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Request>(16);
     control::serve(&config.control_socket, ctl_tx)?;
 
+    // Steps go through the commit worker in cluster mode, in order; standalone
+    // they are released at once.
+    let (step_tx, step_rx) = mpsc::unbounded_channel();
+    let (committed_tx, mut committed_rx) = mpsc::unbounded_channel();
+    let mut state_rx = None;
+    if let Some(cluster) = &cluster {
+        tokio::spawn(replication::commit_steps(
+            cluster.clone(),
+            step_rx,
+            committed_tx,
+        ));
+        tokio::spawn(replication::assign_owners(
+            cluster.clone(),
+            config
+                .connections
+                .iter()
+                .map(|c| c.ike.name.clone())
+                .collect(),
+        ));
+        state_rx = cluster.take_events();
+    }
     let mut node = Node {
+        id: config.cluster.as_ref().map_or(0, |c| c.id),
+        commit: cluster.as_ref().map(|_| step_tx),
+        owned: if cluster.is_some() {
+            BTreeSet::new()
+        } else {
+            config
+                .connections
+                .iter()
+                .map(|c| c.ike.name.clone())
+                .collect()
+        },
+        to_initiate: config
+            .connections
+            .iter()
+            .filter(|c| c.initiate)
+            .map(|c| c.ike.name.clone())
+            .collect(),
+        standby: BTreeMap::new(),
+        cluster,
         endpoint: Endpoint::new(
             config.connections.iter().map(|c| c.ike.clone()).collect(),
             config.limits,
@@ -87,12 +138,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         natt_port: config.natt_port,
     };
 
-    let now = Instant::now();
-    for conn in config.connections.iter().filter(|c| c.initiate) {
-        if let Err(e) = node.endpoint.initiate(now, &conn.ike.name) {
-            tracing::warn!(connection = %conn.ike.name, error = %e, "cannot initiate");
-        }
-    }
+    node.initiate_owned(Instant::now());
     node.flush().await;
 
     tracing::info!(node = %config.node_name, connections = config.connections.len(), "tandemd ready");
@@ -112,8 +158,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 node.endpoint.handle_timeout(Instant::now());
             }
             Some((cmd, reply)) = ctl_rx.recv() => {
-                let _ = reply.send(node.command(cmd));
+                match (&node.cluster, &cmd) {
+                    (Some(c), Command::MemberAdd(..) | Command::MemberRemove(_)) => {
+                        replication::change_members(c.clone(), cmd, reply);
+                    }
+                    (Some(c), Command::Probe { count, writers, bytes }) => {
+                        replication::probe(c.clone(), *count, *writers, *bytes, reply);
+                    }
+                    _ => {
+                        let _ = reply.send(node.command(cmd));
+                    }
+                }
             }
+            Some(step) = committed_rx.recv() => node.release(step).await,
+            Some(event) = recv(&mut state_rx) => node.follow(event, Instant::now()),
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
@@ -121,6 +179,46 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("tandemd stopping");
     Ok(())
+}
+
+/// A witness: a Raft voter with no dataplane. It serves only status and
+/// membership commands on its control socket.
+async fn run_witness(config: &Config, cluster: std::sync::Arc<Cluster>) -> anyhow::Result<()> {
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Request>(16);
+    control::serve(&config.control_socket, ctl_tx)?;
+    tracing::info!(node = %config.node_name, "tandemd ready (witness)");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            Some((cmd, reply)) = ctl_rx.recv() => match cmd {
+                Command::Status => {
+                    let status = serde_json::json!({ "cluster": replication::describe(&cluster) });
+                    let _ = reply.send(Ok(status.to_string()));
+                }
+                Command::MemberAdd(..) | Command::MemberRemove(_) => {
+                    replication::change_members(cluster.clone(), cmd, reply);
+                }
+                Command::Probe { count, writers, bytes } => {
+                    replication::probe(cluster.clone(), count, writers, bytes, reply);
+                }
+                _ => {
+                    let _ = reply.send(Err("a witness carries no tunnels".into()));
+                }
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    tracing::info!("tandemd stopping");
+    Ok(())
+}
+
+async fn recv<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -184,6 +282,20 @@ async fn send(
 }
 
 struct Node {
+    /// This node's cluster id (0 standalone).
+    id: tandem_cluster::NodeId,
+    cluster: Option<std::sync::Arc<Cluster>>,
+    /// Where steps go to be committed (cluster mode only).
+    commit: Option<mpsc::UnboundedSender<(tandem_cluster::Command, Step)>>,
+    /// Tunnels this node sends for: all of them standalone, the ones the
+    /// replicated state gives it in a cluster.
+    owned: BTreeSet<String>,
+    /// Configured initiators, started once this node owns them.
+    to_initiate: BTreeSet<String>,
+    /// Hot-standby child SAs of tunnels another node owns, by inbound SPI: their
+    /// inbound half is in the SA database, the outbound half staged here (a new
+    /// owner activates it from its sequence reservation, never from 1).
+    standby: BTreeMap<u32, ChildSa>,
     endpoint: Endpoint,
     dataplane: Dataplane,
     sockets: BTreeMap<SocketAddr, Arc<UdpSocket>>,
@@ -231,13 +343,41 @@ impl Node {
         }
     }
 
-    /// Sends what the endpoint queued and applies the state changes it made.
+    /// Collects what the endpoint queued: released at once standalone, after its
+    /// changes are committed in a cluster (DESIGN.md invariant 1).
     async fn flush(&mut self) {
-        while let Some(Transmit {
+        let mut step = Step::default();
+        while let Some(t) = self.endpoint.poll_transmit() {
+            step.transmits.push(t);
+        }
+        while let Some(e) = self.endpoint.poll_event() {
+            step.events.push(e);
+        }
+        let Some(commit) = &self.commit else {
+            self.release(step).await;
+            return;
+        };
+        let changes = self.endpoint.take_changes(Instant::now());
+        if step.is_empty() && changes.is_empty() {
+            return;
+        }
+        let cmd = replication::command_for(self.id, changes, &step.events);
+        if commit.send((cmd, step)).is_err() {
+            tracing::error!("commit worker stopped; IKE replies withheld");
+        }
+    }
+
+    /// Applies a (committed) step's events, then sends its datagrams: an SA is
+    /// in place before the reply that lets the peer use it.
+    async fn release(&mut self, step: Step) {
+        for event in step.events {
+            self.apply(event);
+        }
+        for Transmit {
             local,
             remote,
             datagram,
-        }) = self.endpoint.poll_transmit()
+        } in step.transmits
         {
             if local.port() == self.natt_port {
                 let mut framed = Vec::with_capacity(NON_ESP_MARKER.len() + datagram.len());
@@ -248,8 +388,88 @@ impl Node {
                 send(&self.sockets, local, remote, &datagram).await;
             }
         }
-        while let Some(event) = self.endpoint.poll_event() {
-            self.apply(event);
+    }
+
+    /// Starts the configured initiators this node owns and has not started.
+    fn initiate_owned(&mut self, now: Instant) {
+        let ready: Vec<String> = self
+            .to_initiate
+            .intersection(&self.owned)
+            .cloned()
+            .collect();
+        for name in ready {
+            self.to_initiate.remove(&name);
+            if let Err(e) = self.endpoint.initiate(now, &name) {
+                tracing::warn!(connection = %name, error = %e, "cannot initiate");
+            }
+        }
+    }
+
+    /// Follows the replicated state: ownership, and hot-standby SAs of the
+    /// tunnels other nodes own (this node's own SAs come from its endpoint).
+    fn follow(&mut self, event: StateEvent, now: Instant) {
+        let changes = match event {
+            StateEvent::Applied(changes) => changes,
+            StateEvent::Reset => {
+                let Some(cluster) = &self.cluster else { return };
+                let state = cluster.state();
+                for (spi, _) in std::mem::take(&mut self.standby) {
+                    self.dataplane.remove_standby(spi);
+                }
+                let mut changes: Vec<Change> = state
+                    .owners
+                    .into_iter()
+                    .map(|(tunnel, node)| Change::OwnerAssigned { tunnel, node })
+                    .collect();
+                changes.extend(
+                    state
+                        .child_sas
+                        .into_values()
+                        .map(|c| Change::ChildSaInstalled(Box::new(c))),
+                );
+                changes
+            }
+        };
+        for change in changes {
+            match change {
+                Change::OwnerAssigned { tunnel, node }
+                | Change::OwnerTransferred {
+                    tunnel, to: node, ..
+                } => {
+                    if node == self.id && self.dataplane.knows(&tunnel) {
+                        if self.owned.insert(tunnel.clone()) {
+                            tracing::info!(%tunnel, "this node owns the tunnel");
+                        }
+                    } else if self.owned.remove(&tunnel) {
+                        tracing::info!(%tunnel, owner = node, "tunnel owned by another node");
+                    }
+                }
+                Change::ChildSaInstalled(child) => {
+                    if self.owned.contains(&child.connection)
+                        || !self.dataplane.knows(&child.connection)
+                    {
+                        continue;
+                    }
+                    match self.dataplane.install_standby(&child) {
+                        Ok(()) => {
+                            tracing::info!(connection = %child.connection, inbound = format_args!("{:08x}", child.inbound_spi), "standby child SA installed");
+                            self.standby.insert(child.inbound_spi, *child);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot install standby child SA"),
+                    }
+                }
+                Change::ChildSaDeleted { inbound_spi } => self.drop_standby(inbound_spi),
+                _ => {}
+            }
+        }
+        self.initiate_owned(now);
+    }
+
+    /// Only SAs this node staged as standby are removed: the same SPI may
+    /// name an SA this node runs as owner, which its own IKE state retires.
+    fn drop_standby(&mut self, inbound_spi: u32) {
+        if self.standby.remove(&inbound_spi).is_some() {
+            self.dataplane.remove_standby(inbound_spi);
         }
     }
 
@@ -310,6 +530,9 @@ impl Node {
             Command::Terminate(name) => self.endpoint.terminate(now, name),
             Command::RekeyChild(name) => self.endpoint.rekey_child(now, name),
             Command::RekeyIke(name) => self.endpoint.rekey_ike(now, name),
+            Command::MemberAdd(..) | Command::MemberRemove(_) | Command::Probe { .. } => {
+                return Err("this node is not in a cluster".into());
+            }
         };
         result
             .map(|()| "done".to_owned())
@@ -322,6 +545,15 @@ impl Node {
             .ike_sas()
             .map(|sa| self.dataplane.describe(sa))
             .collect();
-        serde_json::json!({ "ike_sas": ike_sas }).to_string()
+        match &self.cluster {
+            Some(c) => serde_json::json!({
+                "ike_sas": ike_sas,
+                "owned": self.owned,
+                "standby_child_sas": self.standby.keys().map(|s| format!("{s:08x}")).collect::<Vec<_>>(),
+                "cluster": replication::describe(c),
+            }),
+            None => serde_json::json!({ "ike_sas": ike_sas }),
+        }
+        .to_string()
     }
 }
