@@ -581,6 +581,9 @@ impl Charon {
     main {{
       path = {d}/charon.log
       time_format = %H:%M:%S
+      # Line-buffered: the tests read the log while charon runs, and a
+      # block-buffered tail misses the last exchanges of a failure.
+      flush_line = yes
       # <name|N> on each line, the IKE SA it is about: dpd_count pairs by it.
       ike_name = yes
       default = 1
@@ -958,21 +961,22 @@ pub struct Tandemd {
 }
 
 impl Tandemd {
-    /// The tandemd binary built beside this test executable
-    /// (target/<profile>/deps/<test> -> target/<profile>/tandemd).
+    /// The tandemd binary built beside this executable: a test's
+    /// (target/<profile>/deps/<test> -> target/<profile>/tandemd) or a bench
+    /// binary's (target/<profile>/<bin>).
     fn binary() -> anyhow::Result<PathBuf> {
         let exe = std::env::current_exe()?;
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .context("cannot locate the target directory")?;
-        let bin = profile_dir.join("tandemd");
-        ensure!(
-            bin.exists(),
-            "{} not found: run `cargo build -p tandem-gateway` first (tests/run does)",
-            bin.display()
-        );
-        Ok(bin)
+        let dir = exe.parent().context("cannot locate the target directory")?;
+        let bin = [dir, dir.parent().unwrap_or(dir)]
+            .into_iter()
+            .map(|d| d.join("tandemd"))
+            .find(|b| b.exists());
+        bin.with_context(|| {
+            format!(
+                "tandemd not found beside {}: run `cargo build -p tandem-gateway` first (tests/run does)",
+                exe.display()
+            )
+        })
     }
 
     /// Starts tandemd in `ns` with one connection, `tunnel`, and waits until it

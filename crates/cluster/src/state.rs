@@ -100,7 +100,10 @@ impl ClusterState {
                 lease.renewals += 1;
             }
             Change::OwnerAssigned { tunnel, node } => {
-                self.owners.insert(tunnel.clone(), *node);
+                // The first claim wins: every gateway proposes owners for its
+                // unowned tunnels, and a late duplicate must not undo a
+                // transfer committed in between.
+                self.owners.entry(tunnel.clone()).or_insert(*node);
             }
             Change::OwnerTransferred { tunnel, from, to } => {
                 // Only the current owner can hand a tunnel over; a stale
@@ -220,6 +223,11 @@ mod tests {
             to: 3,
         });
         assert_eq!(s.owners["t"], 1, "stale transfer ignored");
+        s.apply(&Change::OwnerAssigned {
+            tunnel: "t".into(),
+            node: 3,
+        });
+        assert_eq!(s.owners["t"], 1, "a later assignment does not steal");
         s.apply(&Change::OwnerTransferred {
             tunnel: "t".into(),
             from: 1,

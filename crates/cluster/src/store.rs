@@ -125,8 +125,14 @@ impl Shared {
         decode(v.value()).map(Some).map_err(read_err)
     }
 
-    fn put_meta<T: Serialize>(&self, name: &str, value: &T) -> Result<(), SError> {
-        let txn = self.db.begin_write().map_err(write_err)?;
+    /// Writes one meta value; `durable: false` skips the fsync (the value
+    /// reaches disk with the next durable write, or is lost in a crash).
+    fn put_meta<T: Serialize>(&self, name: &str, value: &T, durable: bool) -> Result<(), SError> {
+        let mut txn = self.db.begin_write().map_err(write_err)?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)
+                .map_err(write_err)?;
+        }
         {
             let mut table = txn.open_table(META).map_err(write_err)?;
             table
@@ -246,7 +252,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
-        self.shared.put_meta(VOTE, vote)
+        self.shared.put_meta(VOTE, vote, true)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
@@ -254,7 +260,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SError> {
-        self.shared.put_meta(COMMITTED, &committed)
+        // Not fsynced: it is on every commit's path, and an older committed
+        // index after a crash is safe (openraft re-learns it from the leader;
+        // it only spares re-applying entries at start).
+        self.shared.put_meta(COMMITTED, &committed, false)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SError> {

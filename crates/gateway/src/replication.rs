@@ -106,15 +106,14 @@ pub async fn commit_steps(
     }
 }
 
-/// On the leader, gives every configured tunnel without an owner to the
-/// lowest-id gateway member. Deterministic, so a repeat after a leader change
-/// proposes the same owner. (Lease-based reassignment is the failover's job.)
+/// On every gateway, proposes the lowest-id gateway member as owner of each
+/// configured tunnel without one. Every gateway does it, not only the leader,
+/// because the leader may be a witness that has no tunnels; the state machine
+/// keeps the first assignment, so the duplicates are harmless.
+/// (Lease-based reassignment is the failover's job.)
 pub async fn assign_owners(cluster: Arc<Cluster>, tunnels: Vec<String>) {
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        if cluster.metrics().current_leader != Some(cluster.id()) {
-            continue;
-        }
         let Some(first) = cluster
             .members()
             .into_iter()

@@ -254,6 +254,12 @@ impl IkeSa {
             {
                 d.push(self.last_received + delay);
             }
+            if self.outstanding.is_none() && !self.queue.is_empty() {
+                // Requests moved over from the SA this one replaced: due now
+                // (any past instant is), sent once the rekey's own messages
+                // are out.
+                d.push(self.last_received);
+            }
         }
         d.into_iter().min()
     }
@@ -765,8 +771,16 @@ impl IkeSa {
             old: (self.spi_i, self.spi_r),
             new: (spi_i, spi_r),
         });
+        // Child requests queued but not yet sent move with the children: their
+        // flags (retiring, deleting) stay set, so no timer would queue them
+        // again and the child would run into its hard lifetime unrekeyed.
+        new.queue.extend(self.queue.drain(..).filter(|r| {
+            matches!(
+                r,
+                LocalRequest::RekeyChild(_) | LocalRequest::DeleteChild(_)
+            )
+        }));
         self.phase = Phase::Rekeyed;
-        self.queue.clear();
         if initiator {
             self.queue.push_back(LocalRequest::DeleteIke);
         }

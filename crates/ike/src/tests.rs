@@ -445,6 +445,29 @@ fn ike_rekey_by_either_side_moves_children() {
 }
 
 #[test]
+fn a_child_rekey_queued_behind_an_ike_rekey_moves_to_the_new_sa() {
+    let mut p = pair("aes256-sha256-ecp256", "aes128gcm16");
+    p.connect();
+    let child_a = installed(&p.a_events)[0].inbound_spi;
+    // The child rekey waits behind the outstanding IKE rekey; the old IKE SA
+    // goes away before it could send it.
+    p.a.rekey_ike(p.now, "tunnel").unwrap();
+    p.a.rekey_child(p.now, "tunnel").unwrap();
+    p.run_for(Duration::from_secs(1));
+    let rekeyed = installed(&p.a_events);
+    assert_eq!(rekeyed.len(), 2, "{:?}", p.a_events);
+    assert_eq!(rekeyed[1].replaces, Some(child_a));
+    let new_child = rekeyed[1].inbound_spi;
+    let a_sa = p.a.ike_sas().next().unwrap();
+    let b_sa = p.b.ike_sas().next().unwrap();
+    assert_eq!((p.a.ike_sas().count(), p.b.ike_sas().count()), (1, 1));
+    assert_eq!(a_sa.children.len(), 1);
+    assert_eq!(a_sa.children[0].inbound_spi, new_child);
+    assert_eq!(b_sa.children.len(), 1);
+    assert_eq!(b_sa.children[0].outbound_spi, new_child);
+}
+
+#[test]
 fn dpd_succeeds_and_times_out() {
     let mut p = pair("aes128gcm16-prfsha256-curve25519", "aes128gcm16");
     p.connect();
