@@ -9,6 +9,7 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 pub mod command;
+pub mod lease;
 pub mod node;
 pub mod seal;
 pub mod state;

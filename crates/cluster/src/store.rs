@@ -1,7 +1,10 @@
 //! The on-disk store: Raft log, vote, committed index and snapshots in one redb
-//! database per node. Every write is durable when it returns (redb's default
-//! immediate durability, an fsync per transaction), so a `kill -9` at any point
-//! loses nothing that was acknowledged.
+//! database per node. Log appends go to one writer thread that commits them
+//! in order, several at a time when they queue up (group commit), and reports
+//! each batch durable only after its fsync; meanwhile the entries are readable
+//! from memory, so the leader replicates while it writes. Vote, truncation
+//! and purge wait for their own fsync. A `kill -9` at any point loses nothing
+//! that was acknowledged.
 //!
 //! Log entries and snapshots are sealed with the storage key before they are
 //! written (invariant 6); the vote and log positions hold no secrets and are
@@ -12,11 +15,12 @@
 // return the same so `?` works throughout. Errors here are rare and fatal.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -96,9 +100,20 @@ pub fn open(
         None => Applied::default(),
     };
     let (events, rx) = mpsc::unbounded_channel();
+    let pending = Arc::new(Mutex::new(BTreeMap::new()));
+    let (ops, queue) = std::sync::mpsc::channel();
+    {
+        let (shared, pending) = (shared.clone(), pending.clone());
+        std::thread::Builder::new()
+            .name("raft-log".into())
+            .spawn(move || write_log(&shared, &pending, &queue))
+            .map_err(write_err)?;
+    }
     Ok((
         LogStore {
             shared: shared.clone(),
+            pending,
+            ops,
         },
         StateMachine {
             shared,
@@ -205,10 +220,121 @@ impl Shared {
     }
 }
 
+/// Entries handed to the writer thread and not yet durable, by index.
+type Pending = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
+
+/// A write the writer thread runs in its turn.
+type WriteFn = Box<dyn FnOnce(&Shared) -> Result<(), SError> + Send>;
+
+/// Work for the writer thread, done in the order it was sent.
+enum Op {
+    /// Sealed entries; the callback learns when they are durable.
+    Append(Vec<(LogId<NodeId>, Vec<u8>)>, LogFlushed<TypeConfig>),
+    /// Any other write; the reply, if one waits, carries its result.
+    Write(
+        WriteFn,
+        Option<tokio::sync::oneshot::Sender<Result<(), SError>>>,
+    ),
+}
+
+fn lock(
+    pending: &Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
+) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+    // The map only caches entries also queued for the writer; a panic while
+    // it was held left it whole (inserts and removals are single calls).
+    pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The writer thread: appends that queue up while one commits share the next
+/// transaction, so concurrent proposals share an fsync.
+fn write_log(
+    shared: &Shared,
+    pending: &Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
+    queue: &std::sync::mpsc::Receiver<Op>,
+) {
+    let mut next = None;
+    loop {
+        let op = match next.take() {
+            Some(op) => op,
+            None => match queue.recv() {
+                Ok(op) => op,
+                // Every LogStore is gone: the node shut down.
+                Err(_) => return,
+            },
+        };
+        match op {
+            Op::Write(write, Some(reply)) => {
+                let _ = reply.send(write(shared));
+            }
+            Op::Write(write, None) => {
+                if let Err(e) = write(shared) {
+                    tracing::error!(error = %e, "Raft store write failed");
+                }
+            }
+            Op::Append(entries, callback) => {
+                let mut batch = vec![(entries, callback)];
+                while let Ok(op) = queue.try_recv() {
+                    match op {
+                        Op::Append(e, c) => batch.push((e, c)),
+                        other => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                }
+                let result = commit_entries(shared, batch.iter().flat_map(|(e, _)| e));
+                if result.is_ok() {
+                    let mut p = lock(pending);
+                    for (log_id, _) in batch.iter().flat_map(|(e, _)| e) {
+                        // A truncation may have replaced it meanwhile.
+                        if p.get(&log_id.index).is_some_and(|e| e.log_id == *log_id) {
+                            p.remove(&log_id.index);
+                        }
+                    }
+                }
+                for (_, callback) in batch {
+                    let r = result
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| std::io::Error::other(e.to_string()));
+                    callback.log_io_completed(r);
+                }
+            }
+        }
+    }
+}
+
+fn commit_entries<'a>(
+    shared: &Shared,
+    entries: impl Iterator<Item = &'a (LogId<NodeId>, Vec<u8>)>,
+) -> Result<(), redb::Error> {
+    let txn = shared.db.begin_write()?;
+    {
+        let mut table = txn.open_table(LOG)?;
+        for (log_id, bytes) in entries {
+            table.insert(log_id.index, bytes.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
 /// The Raft log (and vote); cheap to clone for openraft's readers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LogStore {
     shared: Arc<Shared>,
+    pending: Pending,
+    ops: std::sync::mpsc::Sender<Op>,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("pending", &lock(&self.pending).len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -216,15 +342,22 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, SError> {
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        // Pending first: an entry the writer commits between the two reads is
+        // then in one or the other, never in neither.
+        let mut out: BTreeMap<u64, Entry<TypeConfig>> = lock(&self.pending)
+            .range(bounds)
+            .map(|(i, e)| (*i, e.clone()))
+            .collect();
         let txn = self.shared.db.begin_read().map_err(read_logs_err)?;
         let table = txn.open_table(LOG).map_err(read_logs_err)?;
-        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
-        let mut out = Vec::new();
         for item in table.range::<u64>(bounds).map_err(read_logs_err)? {
             let (k, v) = item.map_err(read_logs_err)?;
-            out.push(self.shared.open_entry(k.value(), v.value())?);
+            if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(k.value()) {
+                slot.insert(self.shared.open_entry(k.value(), v.value())?);
+            }
         }
-        Ok(out)
+        Ok(out.into_values().collect())
     }
 }
 
@@ -241,9 +374,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 None => None,
             }
         };
+        let last_pending = lock(&self.pending).values().next_back().map(|e| e.log_id);
         Ok(LogState {
             last_purged_log_id: last_purged,
-            last_log_id: last.or(last_purged),
+            last_log_id: last_pending.or(last).or(last_purged),
         })
     }
 
@@ -252,7 +386,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
-        self.shared.put_meta(VOTE, vote, true)
+        let vote = *vote;
+        self.write(move |shared| shared.put_meta(VOTE, &vote, true))
+            .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
@@ -263,7 +399,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not fsynced: it is on every commit's path, and an older committed
         // index after a crash is safe (openraft re-learns it from the leader;
         // it only spares re-applying entries at start).
-        self.shared.put_meta(COMMITTED, &committed, false)
+        // Nor waited for: nothing depends on it being written.
+        self.ops
+            .send(Op::Write(
+                Box::new(move |shared| shared.put_meta(COMMITTED, &committed, false)),
+                None,
+            ))
+            .map_err(|_| StorageIOError::write(&WriterGone).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SError> {
@@ -282,38 +424,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let sealed: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| (e.log_id.index, self.shared.seal_entry(&e)))
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let sealed = entries
+            .iter()
+            .map(|e| (e.log_id, self.shared.seal_entry(e)))
             .collect();
-        let shared = self.shared.clone();
-        // The fsync blocks: keep it off the async workers.
-        let result = tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
-            let txn = shared.db.begin_write()?;
-            {
-                let mut table = txn.open_table(LOG)?;
-                for (index, bytes) in &sealed {
-                    table.insert(index, bytes.as_slice())?;
-                }
-            }
-            txn.commit()?;
-            Ok(())
-        })
-        .await;
-        let result = match result {
-            Ok(r) => r.map_err(std::io::Error::other),
-            Err(join) => Err(std::io::Error::other(join)),
-        };
-        let failed = result
-            .as_ref()
-            .err()
-            .map(|e| StorageIOError::write_logs(e).into());
-        callback.log_io_completed(result);
-        failed.map_or(Ok(()), Err)
+        lock(&self.pending).extend(entries.into_iter().map(|e| (e.log_id.index, e)));
+        self.ops
+            .send(Op::Append(sealed, callback))
+            .map_err(|_| StorageIOError::write_logs(&WriterGone).into())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
         self.remove((Bound::Included(log_id.index), Bound::Unbounded), None)
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
@@ -321,18 +445,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             (Bound::Unbounded, Bound::Included(log_id.index)),
             Some(log_id),
         )
+        .await
     }
 }
 
+/// The writer thread is gone: only after a panic in it.
+#[derive(Debug, thiserror::Error)]
+#[error("the Raft log writer thread is gone")]
+struct WriterGone;
+
 impl LogStore {
+    /// Runs `write` on the writer thread, after every write queued before it,
+    /// and waits for its result.
+    async fn write(
+        &self,
+        write: impl FnOnce(&Shared) -> Result<(), SError> + Send + 'static,
+    ) -> Result<(), SError> {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let gone = || -> SError { StorageIOError::write(&WriterGone).into() };
+        self.ops
+            .send(Op::Write(Box::new(write), Some(reply)))
+            .map_err(|_| gone())?;
+        result.await.map_err(|_| gone())?
+    }
+
     /// Deletes a range of entries, and records the purge point with it in the
     /// same transaction.
-    fn remove(
+    async fn remove(
         &self,
         range: (Bound<u64>, Bound<u64>),
         purged: Option<LogId<NodeId>>,
     ) -> Result<(), SError> {
-        let txn = self.shared.db.begin_write().map_err(write_logs_err)?;
+        lock(&self.pending).retain(|i, _| !range.contains(i));
+        self.write(move |shared| Self::remove_now(shared, range, purged))
+            .await
+    }
+
+    fn remove_now(
+        shared: &Shared,
+        range: (Bound<u64>, Bound<u64>),
+        purged: Option<LogId<NodeId>>,
+    ) -> Result<(), SError> {
+        let txn = shared.db.begin_write().map_err(write_logs_err)?;
         {
             let mut table = txn.open_table(LOG).map_err(write_logs_err)?;
             table

@@ -15,7 +15,7 @@ use crate::handshake::{
 use crate::ike_sa::{Flow, IkeSa, LocalRequest, Phase};
 use crate::message::{DecodeError, ExchangeType, Header, Message, notify};
 use crate::payloads::find_notify;
-use crate::record::IkeSaChange;
+use crate::record::{IkeSaChange, IkeSaRecord};
 
 /// A datagram to send. No non-ESP marker: the gateway adds it on port 4500.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +104,18 @@ pub enum IkeError {
     NotEstablished(String),
     #[error("connection {0:?} has no child SA to rekey")]
     NoChildSa(String),
+    #[error("the replicated IKE SA of connection {0:?} cannot be keyed")]
+    BadRecord(String),
+}
+
+/// The connection a slot belongs to (a responder's half-open SA has none yet).
+fn slot_connection(slot: &Slot) -> Option<&str> {
+    match slot {
+        Slot::InitSent(s) => Some(&s.connection),
+        Slot::AuthSent(s) => Some(&s.connection),
+        Slot::InitReplied(_) => None,
+        Slot::Established(s) => Some(&s.connection),
+    }
 }
 
 /// Status of one IKE SA, without keys.
@@ -654,6 +666,43 @@ impl Endpoint {
             }
         }
         out
+    }
+
+    /// Takes over an IKE SA another node established (its replicated record
+    /// and its children): this node now answers and sends for it. The SA is
+    /// not reported as changed until an exchange changes it.
+    pub fn adopt(
+        &mut self,
+        now: Instant,
+        record: &IkeSaRecord,
+        children: Vec<ChildSa>,
+    ) -> Result<(), IkeError> {
+        if self.config(&record.connection).is_none() {
+            return Err(IkeError::UnknownConnection(record.connection.clone()));
+        }
+        let sa = IkeSa::adopt(record, children, now)
+            .map_err(|_| IkeError::BadRecord(record.connection.clone()))?;
+        let spi = record.our_spi();
+        self.reported.insert(spi);
+        self.sas.insert(spi, Slot::Established(Box::new(sa)));
+        Ok(())
+    }
+
+    /// Drops every SA of `connection` without a word to the peer and without
+    /// reporting them removed: another node owns the tunnel now, and the
+    /// replicated records are its.
+    pub fn forget(&mut self, connection: &str) {
+        let gone: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, slot)| slot_connection(slot) == Some(connection))
+            .map(|(spi, _)| *spi)
+            .collect();
+        for spi in gone {
+            self.sas.remove(&spi);
+            self.touched.remove(&spi);
+            self.reported.remove(&spi);
+        }
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {

@@ -167,6 +167,62 @@ impl IkeSa {
         })
     }
 
+    /// Rebuilds an SA another node established, from its replicated record
+    /// (deadlines counted from `now`) and its children's keys: what a node
+    /// taking over a tunnel runs from. Nothing is outstanding: a request the
+    /// old owner had in flight died with it, and the peer's retransmission of
+    /// its own request gets the recorded last response.
+    pub fn adopt(
+        record: &IkeSaRecord,
+        children: Vec<ChildSa>,
+        now: Instant,
+    ) -> Result<Self, tandem_crypto::CryptoError> {
+        let (cipher_out, cipher_in) = record.keys.ciphers(&record.proposal, record.initiator)?;
+        let children = record
+            .children
+            .iter()
+            .filter_map(|t| {
+                let sa = children.iter().find(|c| c.inbound_spi == t.inbound_spi)?;
+                Some(ChildEntry {
+                    sa: sa.clone(),
+                    rekey_at: now + t.rekey_in,
+                    expire_at: now + t.expire_in,
+                    retiring: false,
+                    deleting: false,
+                    rekeyed_by_peer: None,
+                })
+            })
+            .collect();
+        Ok(Self {
+            connection: record.connection.clone(),
+            spi_i: record.spi_i,
+            spi_r: record.spi_r,
+            initiator: record.initiator,
+            local: record.local,
+            remote: record.remote,
+            proposal: record.proposal,
+            keys: record.keys.clone(),
+            cipher_out,
+            cipher_in,
+            next_send_id: record.next_send_id,
+            next_expected_id: record.next_expected_id,
+            last_response: record.last_response.clone(),
+            outstanding: None,
+            queue: VecDeque::new(),
+            children,
+            established_at: now,
+            last_received: now,
+            rekey_at: now + record.rekey_in,
+            expire_at: now + record.expire_in,
+            ike_rekey_started: false,
+            phase: if record.rekeyed {
+                Phase::Rekeyed
+            } else {
+                Phase::Active
+            },
+        })
+    }
+
     /// The SA as the cluster replicates it, deadlines counted from `now`.
     pub fn record(&self, now: Instant) -> IkeSaRecord {
         IkeSaRecord {

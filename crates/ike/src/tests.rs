@@ -468,6 +468,94 @@ fn a_child_rekey_queued_behind_an_ike_rekey_moves_to_the_new_sa() {
 }
 
 #[test]
+fn another_node_adopts_an_sa_from_its_record_and_carries_on() {
+    let (ike, esp) = ("aes256gcm16-prfsha256-curve25519", "aes256gcm16");
+    let mut p = pair(ike, esp);
+    p.connect();
+    // b asks something of a, so a's record holds a cached last response.
+    p.b.rekey_child(p.now, "tunnel").unwrap();
+    p.settle();
+    let record =
+        p.a.take_changes(p.now)
+            .into_iter()
+            .find_map(|c| match c {
+                crate::record::IkeSaChange::Upsert(r) => Some(r),
+                crate::record::IkeSaChange::Removed(_) => None,
+            })
+            .unwrap();
+    let live = p.a.ike_sas().next().unwrap().children[0].inbound_spi;
+    let children: Vec<ChildSa> = installed(&p.a_events)
+        .into_iter()
+        .filter(|c| c.inbound_spi == live)
+        .cloned()
+        .collect();
+    let retransmission = p
+        .transcript
+        .iter()
+        .rev()
+        .find(|t| !Pair::is_a(t.local))
+        .unwrap()
+        .clone();
+
+    // Another node with the same configuration takes over from the record.
+    let mut a2 = Endpoint::new(
+        vec![conn(A, B, ike, esp)],
+        Limits::default(),
+        Box::new(SeededRandom::new(77)),
+    );
+    a2.adopt(p.now, &record, children).unwrap();
+    assert!(
+        a2.take_changes(p.now).is_empty(),
+        "adopting changes nothing"
+    );
+    let first_response = p
+        .transcript
+        .iter()
+        .rev()
+        .find(|t| Pair::is_a(t.local))
+        .unwrap()
+        .datagram
+        .clone();
+    p.a = a2;
+    // b's retransmitted request gets the very same bytes back.
+    p.a.handle(
+        p.now,
+        retransmission.remote,
+        retransmission.local,
+        &retransmission.datagram,
+    );
+    assert_eq!(p.a.poll_transmit().unwrap().datagram, first_response);
+    // Both directions of new exchanges work with the new node.
+    p.a.rekey_child(p.now, "tunnel").unwrap();
+    p.settle();
+    p.b.rekey_ike(p.now, "tunnel").unwrap();
+    p.settle();
+    p.a.rekey_ike(p.now, "tunnel").unwrap();
+    p.settle();
+    assert!(closed(&p.a_events).is_empty() && closed(&p.b_events).is_empty());
+    let (a_sa, b_sa) = (p.a.ike_sas().next().unwrap(), p.b.ike_sas().next().unwrap());
+    assert_eq!((p.a.ike_sas().count(), p.b.ike_sas().count()), (1, 1));
+    assert_eq!((a_sa.spi_i, a_sa.spi_r), (b_sa.spi_i, b_sa.spi_r));
+    assert_eq!(a_sa.children.len(), 1);
+    assert_eq!(a_sa.children[0].inbound_spi, b_sa.children[0].outbound_spi);
+    assert_ne!(
+        a_sa.children[0].inbound_spi, live,
+        "the adopted child was rekeyed"
+    );
+}
+
+#[test]
+fn a_node_that_loses_a_tunnel_forgets_it_without_reporting_it_removed() {
+    let mut p = pair("aes128gcm16-prfsha256-curve25519", "aes128gcm16");
+    p.connect();
+    assert!(!p.a.take_changes(p.now).is_empty());
+    p.a.forget("tunnel");
+    assert_eq!(p.a.ike_sas().count(), 0);
+    assert!(p.a.take_changes(p.now).is_empty());
+    assert!(p.a.poll_transmit().is_none(), "nothing said to the peer");
+}
+
+#[test]
 fn dpd_succeeds_and_times_out() {
     let mut p = pair("aes128gcm16-prfsha256-curve25519", "aes128gcm16");
     p.connect();
