@@ -1,5 +1,6 @@
 //! ESP seal + open of 1400-byte inner packets on one core, beside the raw AEAD
-//! on the same buffers, for both AES-GCM backends. The ratio ESP/raw says how
+//! on the same buffers with the same copies in and out, for both AES-GCM
+//! backends. The ratio ESP/raw says how
 //! much the dataplane (selector lookup, padding, replay, framing) costs on top
 //! of the cipher.
 
@@ -95,18 +96,26 @@ fn bench(c: &mut Criterion) {
 
             let aead = aes_gcm(backend, &vec![0x42; usize::from(key_bits / 8)]).unwrap();
             let mut raw: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0xab; INNER]).collect();
+            let raw_template = vec![0xab; INNER];
+            let mut raw_wire = vec![0u8; INNER];
             let aad = [0u8; 12];
             let mut nonce = [0u8; 12];
             let mut counter = 0u64;
             group.bench_function(format!("raw_seal_open/{name}/aes{key_bits}gcm"), |b| {
                 b.iter(|| {
+                    // The same two copies as the ESP side (refill as a TUN
+                    // read would, then receive into another buffer), so the
+                    // ratio is ESP's own work and not memory traffic.
                     for buf in raw.iter_mut() {
+                        buf.copy_from_slice(&raw_template);
                         counter += 1;
                         nonce[4..].copy_from_slice(&counter.to_be_bytes());
                         let tag = aead.seal_in_place(&nonce, &aad, buf);
-                        aead.open_in_place(&nonce, &aad, buf, &tag).unwrap();
+                        raw_wire.copy_from_slice(buf);
+                        aead.open_in_place(&nonce, &aad, &mut raw_wire, &tag)
+                            .unwrap();
+                        black_box(&raw_wire);
                     }
-                    black_box(&raw);
                 });
             });
         }
