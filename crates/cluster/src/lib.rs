@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 pub mod command;
 pub mod lease;
 pub mod node;
+pub mod ownership;
 pub mod seal;
 pub mod state;
 pub mod store;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::{RaftMetrics, SnapshotPolicy};
 use tandem_rpc::raft::raft_client::RaftClient;
@@ -13,11 +13,12 @@ use tandem_rpc::raft::raft_server::RaftServer;
 use tokio::sync::{Mutex, mpsc};
 use tonic::transport::{Channel, Server};
 
+use crate::lease::{LeaseTiming, LeaseWatch};
 use crate::network::{Forward, Network, Service, connect, execute, forward};
 pub use crate::store::StateEvent;
 use crate::store::{self, Applied};
 use crate::tls::NodeTls;
-use crate::{ClusterState, Command, Member, NodeId, Raft, StorageKey};
+use crate::{Change, ClusterState, Command, Member, NodeId, Raft, StorageKey};
 
 /// How long a proposal may take, leader changes and forwarding included,
 /// before the caller hears it failed.
@@ -80,6 +81,7 @@ pub struct Cluster {
     id: NodeId,
     raft: Raft,
     applied: Arc<RwLock<Applied>>,
+    leases: Arc<std::sync::Mutex<LeaseWatch>>,
     tls: NodeTls,
     /// A cached channel to the leader for forwarded requests.
     leader_client: Mutex<Option<(NodeId, RaftClient<Channel>)>>,
@@ -115,6 +117,7 @@ impl Cluster {
         let (log, sm, events) = store::open(&cfg.data_dir, cfg.storage_key)
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
         let applied = sm.applied.clone();
+        let leases = sm.leases.clone();
         let network = Network {
             tls: cfg.tls.clone(),
         };
@@ -146,6 +149,7 @@ impl Cluster {
             id: cfg.id,
             raft,
             applied,
+            leases,
             tls: cfg.tls,
             leader_client: Mutex::new(None),
             events: std::sync::Mutex::new(Some(events)),
@@ -156,6 +160,30 @@ impl Cluster {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// Renews this node's lease through Raft; returns when the renewal was
+    /// sent, from which the lease counts once committed (see `lease`).
+    pub async fn renew_lease(&self, timing: &LeaseTiming) -> Result<Instant, ClusterError> {
+        let sent = Instant::now();
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.propose(Command::one(Change::LeaseRenewed {
+            node: self.id,
+            at_ms,
+            duration_ms: timing.duration.as_millis() as u64,
+        }))
+        .await?;
+        Ok(sent)
+    }
+
+    /// Each node's leases as this node observed them applied.
+    pub fn lease_watch(&self) -> LeaseWatch {
+        self.leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn raft(&self) -> &Raft {

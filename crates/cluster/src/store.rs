@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::command::{Change, decode, encode};
+use crate::lease::LeaseWatch;
 use crate::seal::StorageKey;
 use crate::state::ClusterState;
 use crate::{Member, NodeId, TypeConfig};
@@ -119,6 +120,7 @@ pub fn open(
             shared,
             applied: Arc::new(RwLock::new(applied)),
             events,
+            leases: Arc::new(Mutex::new(LeaseWatch::new(std::time::Instant::now()))),
         },
         rx,
     ))
@@ -508,6 +510,9 @@ pub struct StateMachine {
     shared: Arc<Shared>,
     pub(crate) applied: Arc<RwLock<Applied>>,
     events: mpsc::UnboundedSender<StateEvent>,
+    /// When each node's lease renewal was applied here, by this node's clock:
+    /// local time, so it stays out of the replicated (deterministic) state.
+    pub(crate) leases: Arc<Mutex<LeaseWatch>>,
 }
 
 impl StateMachine {
@@ -550,6 +555,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(cmd) => {
                     for change in &cmd.changes {
                         a.state.apply(change);
+                        if let Change::LeaseRenewed { node, .. } = change {
+                            self.leases
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .observe(*node, std::time::Instant::now());
+                        }
                     }
                     // The receiver may be gone (a witness); nothing to tell then.
                     let _ = self.events.send(StateEvent::Applied(cmd.changes));

@@ -45,6 +45,11 @@ impl ReplayWindow {
         })
     }
 
+    /// The window size in packets.
+    pub fn size(&self) -> u32 {
+        self.size as u32
+    }
+
     /// The highest sequence number accepted.
     pub fn highest(&self) -> u64 {
         self.top

@@ -75,6 +75,8 @@ pub enum EspError {
     SeqBlockExhausted,
     #[error("bad SA parameters: {0}")]
     BadParams(String),
+    #[error("sequence number of SPI {0:08x} would go backwards")]
+    SeqBackwards(u32),
 }
 
 impl From<BadWindow> for EspError {
@@ -286,6 +288,43 @@ impl Sadb {
             .find(|sa| sa.spi == spi)
             .ok_or(EspError::UnknownSpi(spi))?;
         sa.ceiling = ceiling.min(max_seq(sa.esn));
+        Ok(())
+    }
+
+    /// Moves an outbound SA's next sequence number forward: a node taking
+    /// over an SA starts above every number another node may have used
+    /// (invariant 3). Never backward.
+    pub fn advance_seq(&mut self, spi: u32, next: u64) -> Result<(), EspError> {
+        let sa = self
+            .outbound
+            .iter_mut()
+            .find(|sa| sa.spi == spi)
+            .ok_or(EspError::UnknownSpi(spi))?;
+        if next < sa.next_seq {
+            return Err(EspError::SeqBackwards(spi));
+        }
+        sa.next_seq = next;
+        Ok(())
+    }
+
+    /// An outbound SA's next sequence number and its ceiling.
+    pub fn outbound_seq(&self, spi: u32) -> Option<(u64, u64)> {
+        self.outbound
+            .iter()
+            .find(|sa| sa.spi == spi)
+            .map(|sa| (sa.next_seq, sa.ceiling))
+    }
+
+    /// Raises an inbound SA's replay high-water mark to `highest` (a node
+    /// taking over starts from the replicated mark); never lowers it.
+    pub fn raise_replay_mark(&mut self, spi: u32, highest: u64) -> Result<(), EspError> {
+        let sa = self
+            .inbound
+            .get_mut(&spi)
+            .ok_or(EspError::UnknownSpi(spi))?;
+        if highest > sa.replay.highest() {
+            sa.replay = ReplayWindow::starting_at(sa.replay.size(), highest)?;
+        }
         Ok(())
     }
 
@@ -564,6 +603,24 @@ mod tests {
                 "{stats:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_takeover_moves_sequence_numbers_and_replay_marks_only_forward() {
+        let (mut tx, mut rx) = pair(EncrAlg::AesGcm16 { key_bits: 128 }, None, false);
+        tx.advance_seq(0x1000, 5000).unwrap();
+        assert_eq!(
+            tx.advance_seq(0x1000, 10),
+            Err(EspError::SeqBackwards(0x1000))
+        );
+        let mut buf = inner(40, 0);
+        seal_one(&mut tx, &mut buf).unwrap();
+        assert_eq!(tx.outbound_seq(0x1000).map(|s| s.0), Some(5001));
+        rx.raise_replay_mark(0x1000, 6000).unwrap();
+        let mut wire = buf.data().to_vec();
+        assert_eq!(rx.open(&mut wire), Err(EspError::Replay), "below the mark");
+        rx.raise_replay_mark(0x1000, 10).unwrap();
+        assert_eq!(rx.inbound_stats(0x1000).unwrap().highest_seq, 6000);
     }
 
     #[test]

@@ -65,6 +65,23 @@ pub struct ClusterSettings {
     pub snapshot_every: u64,
     /// The initial voters, the same list on every node.
     pub members: std::collections::BTreeMap<u64, tandem_cluster::Member>,
+    pub mode: tandem_cluster::ownership::Mode,
+    pub lease: tandem_cluster::lease::LeaseTiming,
+    /// How a new owner takes over the tunnels' addresses.
+    pub vip: Vip,
+}
+
+/// How the tunnels' local addresses (VIPs) move to their owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vip {
+    /// Nothing moves them (the addresses are reached some other way).
+    None,
+    /// Added to and removed from this interface through netlink, announced
+    /// with gratuitous ARP.
+    Linux { interface: String, prefix_len: u8 },
+    /// A script called as `HOOK up|down ADDRESS NODE` (like keepalived's
+    /// notify scripts), for clouds that move addresses by API.
+    Hook(PathBuf),
 }
 
 /// One configured tunnel: what the IKE endpoint needs plus the dataplane settings.
@@ -138,6 +155,13 @@ struct RawCluster {
     role: Role,
     /// Build a snapshot (and compact the log) after this many entries.
     snapshot_every: Option<u64>,
+    #[serde(default)]
+    mode: tandem_cluster::ownership::Mode,
+    /// How long a gateway's lease lasts, e.g. "600ms".
+    lease: Option<String>,
+    vip_interface: Option<String>,
+    vip_prefix_len: Option<u8>,
+    vip_hook: Option<PathBuf>,
     #[serde(rename = "member")]
     members: Vec<RawMember>,
 }
@@ -221,8 +245,39 @@ impl RawCluster {
                 "needs at least one gateway (non-witness) member",
             ));
         }
+        let mut lease = tandem_cluster::lease::LeaseTiming::default();
+        if let Some(l) = &self.lease {
+            lease.duration = parse_duration("cluster.lease", l)?;
+            if lease.duration < Duration::from_millis(200) {
+                return Err(err(
+                    "cluster.lease",
+                    "must be at least 200ms (a few renewals and a commit fit in one)",
+                ));
+            }
+            lease.renew_every = lease.duration / 6;
+        }
+        let vip = match (self.vip_interface, self.vip_hook) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "cluster.vip_hook",
+                    "give vip_interface or vip_hook, not both",
+                ));
+            }
+            (Some(interface), None) => Vip::Linux {
+                interface,
+                prefix_len: match self.vip_prefix_len.unwrap_or(24) {
+                    n @ 1..=32 => n,
+                    n => return Err(err("cluster.vip_prefix_len", format!("{n} is not 1..32"))),
+                },
+            },
+            (None, Some(hook)) => Vip::Hook(base.join(hook)),
+            (None, None) => Vip::None,
+        };
         Ok(ClusterSettings {
             id: self.id,
+            mode: self.mode,
+            lease,
+            vip,
             listen,
             data_dir: base.join(self.data_dir),
             pki_dir: base.join(self.pki_dir),

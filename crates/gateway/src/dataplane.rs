@@ -29,17 +29,80 @@ pub struct Dataplane {
     /// Reused packet buffers: sealing allocates nothing per packet.
     bufs: Vec<PacketBuf>,
     results: Vec<Result<Sealed, EspError>>,
+    /// In a cluster, outbound sequence numbers are used only up to what Raft
+    /// reserved for this node (invariant 3); standalone, without limit.
+    gated: bool,
+    /// Committed reservations by outbound SPI: the highest number usable here.
+    reserved: BTreeMap<u32, u64>,
 }
 
 impl Dataplane {
-    pub fn new(replay_windows: BTreeMap<String, u32>) -> Dataplane {
+    pub fn new(replay_windows: BTreeMap<String, u32>, gated: bool) -> Dataplane {
         Dataplane {
             sadb: Sadb::new(),
             replay_windows,
             pending_outbound: BTreeMap::new(),
             bufs: Vec::new(),
             results: Vec::new(),
+            gated,
+            reserved: BTreeMap::new(),
         }
+    }
+
+    /// A reservation for `outbound_spi` up to `up_to` is committed.
+    pub fn grant(&mut self, outbound_spi: u32, up_to: u64) {
+        let r = self.reserved.entry(outbound_spi).or_insert(0);
+        *r = (*r).max(up_to);
+        let ceiling = *r;
+        // The SA may not be installed yet (a rekey's outbound half waits).
+        let _ = self.sadb.set_seq_ceiling(outbound_spi, ceiling);
+    }
+
+    /// Outbound SAs that have used half their reservation, with the next
+    /// reservation each needs (`block` more numbers).
+    pub fn refills(&self, block: u64) -> Vec<(u32, u64)> {
+        self.reserved
+            .iter()
+            .filter_map(|(&spi, &up_to)| {
+                let (next, _) = self.sadb.outbound_seq(spi)?;
+                (next + block / 2 > up_to).then_some((spi, up_to.max(next - 1) + block))
+            })
+            .collect()
+    }
+
+    /// The highest sequence number accepted on each of these inbound SAs.
+    pub fn replay_marks(&self, inbound: impl Iterator<Item = u32>) -> Vec<(u32, u64)> {
+        inbound
+            .filter_map(|spi| Some((spi, self.sadb.inbound_stats(spi)?.highest_seq)))
+            .collect()
+    }
+
+    /// Takes over a child SA another node sent for: its inbound half (a hot
+    /// standby, installed already or now) starts from the replicated replay
+    /// mark, its outbound half from `first_seq`, above every reservation the
+    /// old owner held, and sends nothing until a new reservation is granted.
+    pub fn take_over(
+        &mut self,
+        child: &ChildSa,
+        first_seq: u64,
+        replay_mark: u64,
+    ) -> Result<(), EspError> {
+        if self.sadb.inbound_stats(child.inbound_spi).is_none() {
+            self.install_standby(child)?;
+        }
+        self.sadb
+            .raise_replay_mark(child.inbound_spi, replay_mark)?;
+        self.install_outbound(child)?;
+        self.sadb.advance_seq(child.outbound_spi, first_seq)
+    }
+
+    /// Hands a child SA over to another node: stop sending, keep decrypting
+    /// (packets already on their way still arrive here until the VIP moves).
+    pub fn hand_over(&mut self, child: &ChildSa) {
+        self.sadb.remove_outbound(child.outbound_spi);
+        self.reserved.remove(&child.outbound_spi);
+        self.pending_outbound
+            .retain(|_, c| c.inbound_spi != child.inbound_spi);
     }
 
     /// Installs a child SA. A rekeyed child's inbound half goes in at once (the
@@ -89,6 +152,15 @@ impl Dataplane {
     }
 
     fn install_outbound(&mut self, child: &ChildSa) -> Result<(), EspError> {
+        self.install_outbound_ungated(child)?;
+        if self.gated {
+            let ceiling = self.reserved.get(&child.outbound_spi).copied().unwrap_or(0);
+            self.sadb.set_seq_ceiling(child.outbound_spi, ceiling)?;
+        }
+        Ok(())
+    }
+
+    fn install_outbound_ungated(&mut self, child: &ChildSa) -> Result<(), EspError> {
         self.sadb.install_outbound(
             SaParams {
                 spi: child.outbound_spi,
@@ -109,6 +181,7 @@ impl Dataplane {
     pub fn remove(&mut self, inbound_spi: u32, outbound_spi: u32) {
         self.sadb.remove_inbound(inbound_spi);
         self.sadb.remove_outbound(outbound_spi);
+        self.reserved.remove(&outbound_spi);
         // A successor deleted before it was ever activated leaves nothing behind.
         self.pending_outbound
             .retain(|_, c| c.inbound_spi != inbound_spi);

@@ -11,6 +11,7 @@ mod dataplane;
 mod node;
 mod replication;
 mod tun;
+mod vip;
 
 #[derive(Parser)]
 #[command(

@@ -6,11 +6,12 @@
 //! protocol state lives in the one main loop, so nothing is shared or locked.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use tandem_cluster::lease::{LeaseTiming, OwnLease};
 use tandem_cluster::{Change, Cluster, StateEvent};
 use tandem_crypto::OsRandom;
 use tandem_ike::endpoint::{ChildSa, Endpoint, Event, Transmit};
@@ -21,8 +22,9 @@ use tun_rs::AsyncDevice;
 use crate::config::Config;
 use crate::control::{self, Command, Request};
 use crate::dataplane::{Dataplane, Decapsulated};
-use crate::replication::{self, Step};
+use crate::replication::{self, Background, Step};
 use crate::tun;
+use crate::vip::VipMover;
 
 /// Largest datagram we read: IKE messages and ESP packets both fit (jumbo frames
 /// included); anything longer is truncated by the kernel and then fails to parse.
@@ -33,6 +35,32 @@ const BATCH: usize = 64;
 
 /// RFC 3948 section 2.2: IKE on port 4500 is preceded by four zero bytes.
 const NON_ESP_MARKER: [u8; 4] = [0; 4];
+
+/// How often a cluster node checks its lease, its sequence reservations and
+/// its replay marks.
+const TICK: std::time::Duration = std::time::Duration::from_millis(20);
+/// Replay marks are synced every this many ticks (100 ms).
+const MARK_SYNC_TICKS: u64 = 5;
+
+/// Binds a UDP socket; in a cluster with IP_FREEBIND, so that every node
+/// listens on the tunnels' addresses before the address (the VIP) is moved
+/// to it.
+fn bind_udp(addr: SocketAddr, freebind: bool) -> anyhow::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if freebind {
+        match addr {
+            SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
+            SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(UdpSocket::from_std(socket.into())?)
+}
 
 /// Something the main loop has to react to.
 enum Input {
@@ -67,8 +95,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for (ike, natt) in config.ike_addrs() {
         for addr in [ike, natt] {
             let socket = Arc::new(
-                UdpSocket::bind(addr)
-                    .await
+                bind_udp(addr, config.cluster.is_some())
                     .with_context(|| format!("cannot bind UDP {addr}"))?,
             );
             tokio::spawn(read_udp(socket.clone(), addr, input_tx.clone()));
@@ -84,23 +111,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // they are released at once.
     let (step_tx, step_rx) = mpsc::unbounded_channel();
     let (committed_tx, mut committed_rx) = mpsc::unbounded_channel();
+    let (background_tx, mut background_rx) = mpsc::unbounded_channel();
     let mut state_rx = None;
-    if let Some(cluster) = &cluster {
+    let lease_timing = config.cluster.as_ref().map(|c| c.lease).unwrap_or_default();
+    if let (Some(cluster), Some(settings)) = (&cluster, &config.cluster) {
         tokio::spawn(replication::commit_steps(
             cluster.clone(),
             step_rx,
             committed_tx,
         ));
-        tokio::spawn(replication::assign_owners(
+        tokio::spawn(replication::manage_owners(
             cluster.clone(),
             config
                 .connections
                 .iter()
                 .map(|c| c.ike.name.clone())
                 .collect(),
+            settings.mode,
+            settings.lease,
+        ));
+        tokio::spawn(replication::renew_leases(
+            cluster.clone(),
+            settings.lease,
+            background_tx.clone(),
         ));
         state_rx = cluster.take_events();
     }
+    let vip = match &config.cluster {
+        Some(settings) => VipMover::new(&settings.vip, &config.node_name).await?,
+        None => VipMover::None,
+    };
+    let cluster_mode = cluster.is_some();
     let mut node = Node {
         id: config.cluster.as_ref().map_or(0, |c| c.id),
         commit: cluster.as_ref().map(|_| step_tx),
@@ -132,10 +173,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .iter()
                 .map(|c| (c.ike.name.clone(), c.replay_window))
                 .collect(),
+            cluster_mode,
         ),
         sockets,
         tun: tun_dev,
         natt_port: config.natt_port,
+        lease: OwnLease::default(),
+        lease_timing,
+        fenced: true,
+        reserving: BTreeSet::new(),
+        marks_synced: BTreeMap::new(),
+        background: background_tx,
+        vip,
+        vips: config
+            .connections
+            .iter()
+            .map(|c| (c.ike.name.clone(), c.ike.local_addr))
+            .collect(),
     };
 
     node.initiate_owned(Instant::now());
@@ -145,6 +199,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install SIGTERM handler")?;
     let mut batch = Vec::with_capacity(BATCH);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticks: u64 = 0;
     loop {
         let deadline = node.endpoint.poll_timeout();
         tokio::select! {
@@ -171,7 +228,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             }
             Some(step) = committed_rx.recv() => node.release(step).await,
-            Some(event) = recv(&mut state_rx) => node.follow(event, Instant::now()),
+            Some(report) = background_rx.recv() => node.background(report, Instant::now()).await,
+            _ = tick.tick(), if node.cluster.is_some() => {
+                ticks += 1;
+                node.tick(Instant::now(), ticks.is_multiple_of(MARK_SYNC_TICKS)).await;
+            }
+            Some(event) = recv(&mut state_rx) => node.follow(event, Instant::now()).await,
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
@@ -186,6 +248,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn run_witness(config: &Config, cluster: std::sync::Arc<Cluster>) -> anyhow::Result<()> {
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Request>(16);
     control::serve(&config.control_socket, ctl_tx)?;
+    if let Some(settings) = &config.cluster {
+        // The witness may be the leader: it moves tunnels off lapsed leases too.
+        tokio::spawn(replication::manage_owners(
+            cluster.clone(),
+            Vec::new(),
+            settings.mode,
+            settings.lease,
+        ));
+    }
     tracing::info!(node = %config.node_name, "tandemd ready (witness)");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install SIGTERM handler")?;
@@ -301,6 +372,19 @@ struct Node {
     sockets: BTreeMap<SocketAddr, Arc<UdpSocket>>,
     tun: Arc<AsyncDevice>,
     natt_port: u16,
+    /// This node's lease (cluster mode): it sends nothing without one.
+    lease: OwnLease,
+    lease_timing: LeaseTiming,
+    /// Last seen state of the lease, to log changes once.
+    fenced: bool,
+    /// Outbound SPIs with a reservation being committed.
+    reserving: BTreeSet<u32>,
+    /// Replay marks last synced, by inbound SPI.
+    marks_synced: BTreeMap<u32, u64>,
+    background: mpsc::UnboundedSender<Background>,
+    vip: VipMover,
+    /// Each tunnel's address, which moves with its ownership.
+    vips: BTreeMap<String, IpAddr>,
 }
 
 impl Node {
@@ -333,7 +417,7 @@ impl Node {
                 Input::Tun(packet) => outbound.push(packet),
             }
         }
-        if !outbound.is_empty() {
+        if !outbound.is_empty() && self.may_send(now) {
             let n = self.dataplane.encapsulate(&outbound);
             for i in 0..n {
                 if let Some((local, remote, datagram)) = self.dataplane.sealed(i) {
@@ -362,6 +446,18 @@ impl Node {
             return;
         }
         let cmd = replication::command_for(self.id, changes, &step.events);
+        step.grants = cmd
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::SeqBlockReserved {
+                    outbound_spi,
+                    up_to,
+                    ..
+                } => Some((*outbound_spi, *up_to)),
+                _ => None,
+            })
+            .collect();
         if commit.send((cmd, step)).is_err() {
             tracing::error!("commit worker stopped; IKE replies withheld");
         }
@@ -370,8 +466,20 @@ impl Node {
     /// Applies a (committed) step's events, then sends its datagrams: an SA is
     /// in place before the reply that lets the peer use it.
     async fn release(&mut self, step: Step) {
+        for (outbound_spi, up_to) in step.grants {
+            self.dataplane.grant(outbound_spi, up_to);
+        }
         for event in step.events {
             self.apply(event);
+        }
+        if !self.may_send(Instant::now()) {
+            if !step.transmits.is_empty() {
+                tracing::debug!(
+                    count = step.transmits.len(),
+                    "fenced: IKE datagrams withheld"
+                );
+            }
+            return;
         }
         for Transmit {
             local,
@@ -407,7 +515,7 @@ impl Node {
 
     /// Follows the replicated state: ownership, and hot-standby SAs of the
     /// tunnels other nodes own (this node's own SAs come from its endpoint).
-    fn follow(&mut self, event: StateEvent, now: Instant) {
+    async fn follow(&mut self, event: StateEvent, now: Instant) {
         let changes = match event {
             StateEvent::Applied(changes) => changes,
             StateEvent::Reset => {
@@ -439,9 +547,11 @@ impl Node {
                     if node == self.id && self.dataplane.knows(&tunnel) {
                         if self.owned.insert(tunnel.clone()) {
                             tracing::info!(%tunnel, "this node owns the tunnel");
+                            self.take_over(&tunnel, now).await;
                         }
                     } else if self.owned.remove(&tunnel) {
                         tracing::info!(%tunnel, owner = node, "tunnel owned by another node");
+                        self.hand_over(&tunnel).await;
                     }
                 }
                 Change::ChildSaInstalled(child) => {
@@ -463,6 +573,170 @@ impl Node {
             }
         }
         self.initiate_owned(now);
+    }
+
+    /// This node may send (IKE and ESP): always standalone; in a cluster only
+    /// while its lease holds (invariant 2).
+    fn may_send(&self, now: Instant) -> bool {
+        self.cluster.is_none() || self.lease.valid(now)
+    }
+
+    async fn background(&mut self, report: Background, now: Instant) {
+        match report {
+            Background::LeaseRenewed(sent) => {
+                self.lease.renewed(&self.lease_timing, sent);
+                self.check_lease(now).await;
+            }
+            Background::Reserved {
+                outbound_spi,
+                up_to,
+            } => {
+                self.reserving.remove(&outbound_spi);
+                self.dataplane.grant(outbound_spi, up_to);
+            }
+            Background::ReserveFailed(outbound_spi) => {
+                self.reserving.remove(&outbound_spi);
+            }
+        }
+    }
+
+    /// Logs lease changes and moves the VIPs with them: a fenced node gives
+    /// up its addresses so the new owner's gratuitous ARP is not contested.
+    async fn check_lease(&mut self, now: Instant) {
+        let fenced = !self.lease.valid(now);
+        if fenced == self.fenced {
+            return;
+        }
+        self.fenced = fenced;
+        let owned: Vec<String> = self.owned.iter().cloned().collect();
+        if fenced {
+            tracing::warn!(tunnels = ?owned, "lease lapsed: fenced, sending nothing");
+        } else {
+            tracing::info!(tunnels = ?owned, "lease held: sending");
+        }
+        for tunnel in owned {
+            if let Some(addr) = self.vips.get(&tunnel).copied() {
+                if fenced {
+                    self.vip.down(addr).await;
+                } else {
+                    self.vip.up(addr).await;
+                }
+            }
+        }
+    }
+
+    /// The periodic work of a cluster gateway: lease, reservations ahead of
+    /// need, and (when `sync_marks`) the replay marks of owned child SAs.
+    async fn tick(&mut self, now: Instant, sync_marks: bool) {
+        self.check_lease(now).await;
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        for (spi, up_to) in self.dataplane.refills(replication::SEQ_BLOCK) {
+            if self.reserving.insert(spi) {
+                replication::reserve(cluster.clone(), spi, up_to, self.background.clone());
+            }
+        }
+        if sync_marks && !self.owned.is_empty() {
+            let state = cluster.state();
+            let inbound = state
+                .child_sas
+                .values()
+                .filter(|c| self.owned.contains(&c.connection))
+                .map(|c| c.inbound_spi);
+            let marks: Vec<(u32, u64)> = self
+                .dataplane
+                .replay_marks(inbound)
+                .into_iter()
+                .filter(|(spi, mark)| self.marks_synced.get(spi).is_none_or(|m| m < mark))
+                .collect();
+            if !marks.is_empty() {
+                self.marks_synced.extend(marks.iter().copied());
+                replication::sync_replay_marks(cluster, marks);
+            }
+        }
+    }
+
+    /// Takes over `tunnel` from the replicated state: its IKE SAs (with their
+    /// message IDs and cached responses), its child SAs (sequence numbers
+    /// above every reservation, replay windows from the synced marks), then
+    /// its address. Outbound ESP waits for this node's own reservation.
+    async fn take_over(&mut self, tunnel: &str, now: Instant) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let state = cluster.state();
+        for sa in state
+            .ike_sas
+            .values()
+            .filter(|sa| sa.record.connection == tunnel)
+        {
+            // Install order (the record's), so the newest child wins the
+            // traffic selectors as it did on the old owner.
+            let children: Vec<ChildSa> = sa
+                .record
+                .children
+                .iter()
+                .filter_map(|t| state.child_sas.get(&t.inbound_spi).cloned())
+                .collect();
+            for child in &children {
+                self.standby.remove(&child.inbound_spi);
+                let first = state
+                    .seq_reservations
+                    .get(&child.outbound_spi)
+                    .map_or(1, |r| r.up_to + 1);
+                let mark = state
+                    .replay_marks
+                    .get(&child.inbound_spi)
+                    .copied()
+                    .unwrap_or(0);
+                match self.dataplane.take_over(child, first, mark) {
+                    Ok(()) => {
+                        tracing::info!(%tunnel, inbound = format_args!("{:08x}", child.inbound_spi), first_seq = first, replay_mark = mark, "child SA taken over");
+                        if self.reserving.insert(child.outbound_spi) {
+                            replication::reserve(
+                                cluster.clone(),
+                                child.outbound_spi,
+                                first - 1 + replication::SEQ_BLOCK,
+                                self.background.clone(),
+                            );
+                        }
+                    }
+                    Err(e) => tracing::error!(%tunnel, error = %e, "cannot take over child SA"),
+                }
+            }
+            match self.endpoint.adopt(now, &sa.record, children) {
+                Ok(()) => {
+                    tracing::info!(%tunnel, spi_i = format_args!("{:016x}", sa.record.spi_i), spi_r = format_args!("{:016x}", sa.record.spi_r), "IKE SA taken over")
+                }
+                Err(e) => tracing::error!(%tunnel, error = %e, "cannot take over IKE SA"),
+            }
+        }
+        if self.may_send(now)
+            && let Some(addr) = self.vips.get(tunnel).copied()
+        {
+            self.vip.up(addr).await;
+        }
+    }
+
+    /// Gives `tunnel` up to another node: forget its IKE SAs, stop sending
+    /// ESP but keep decrypting (hot standby again), release the address.
+    async fn hand_over(&mut self, tunnel: &str) {
+        self.endpoint.forget(tunnel);
+        if let Some(cluster) = &self.cluster {
+            for child in cluster
+                .state()
+                .child_sas
+                .into_values()
+                .filter(|c| c.connection == tunnel)
+            {
+                self.dataplane.hand_over(&child);
+                self.standby.insert(child.inbound_spi, child);
+            }
+        }
+        if let Some(addr) = self.vips.get(tunnel).copied() {
+            self.vip.down(addr).await;
+        }
     }
 
     /// Only SAs this node staged as standby are removed: the same SPI may

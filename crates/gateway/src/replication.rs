@@ -3,12 +3,14 @@
 //! leave (DESIGN.md invariant 1), assigning tunnel owners, and describing the
 //! replicated state for `tandemd ctl status`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
+use tandem_cluster::lease::LeaseTiming;
 use tandem_cluster::node::RaftTiming;
+use tandem_cluster::ownership::{self, Mode};
 use tandem_cluster::tls::NodeTls;
 use tandem_cluster::{Change, Cluster, ClusterConfig, Command, NodeId, StorageKey};
 use tandem_ike::endpoint::{Event, Transmit};
@@ -23,6 +25,26 @@ use crate::config::ClusterSettings;
 pub struct Step {
     pub transmits: Vec<Transmit>,
     pub events: Vec<Event>,
+    /// Sequence-number reservations committed with the step's child SAs:
+    /// (outbound SPI, highest usable number). Dropped if the commit fails.
+    pub grants: Vec<(u32, u64)>,
+}
+
+/// Sequence numbers reserved per Raft commit. A new owner skips what is left
+/// of the old owner's block, at most this many numbers per failover; at
+/// 100,000 packets a second a block lasts 0.6 s, and the next one is asked
+/// for at half of it.
+pub const SEQ_BLOCK: u64 = 1 << 16;
+
+/// What background commits report to the main loop.
+#[derive(Debug)]
+pub enum Background {
+    /// A lease renewal sent at this instant is committed.
+    LeaseRenewed(Instant),
+    /// A reservation is committed.
+    Reserved { outbound_spi: u32, up_to: u64 },
+    /// A reservation failed; it may be asked for again.
+    ReserveFailed(u32),
 }
 
 impl Step {
@@ -68,6 +90,11 @@ pub fn command_for(node: NodeId, changes: Vec<IkeSaChange>, events: &[Event]) ->
         match event {
             Event::ChildSaInstalled(child) => {
                 out.push(Change::ChildSaInstalled(Box::new(child.clone())));
+                out.push(Change::SeqBlockReserved {
+                    outbound_spi: child.outbound_spi,
+                    node,
+                    up_to: SEQ_BLOCK,
+                });
             }
             Event::ChildSaDeleted { inbound_spi, .. } => out.push(Change::ChildSaDeleted {
                 inbound_spi: *inbound_spi,
@@ -97,6 +124,7 @@ pub async fn commit_steps(
                 Err(e) => {
                     tracing::error!(error = %e, "IKE state not committed; its datagrams are withheld");
                     step.transmits.clear();
+                    step.grants.clear();
                 }
             }
         }
@@ -106,38 +134,114 @@ pub async fn commit_steps(
     }
 }
 
-/// On every gateway, proposes the lowest-id gateway member as owner of each
-/// configured tunnel without one. Every gateway does it, not only the leader,
-/// because the leader may be a witness that has no tunnels; the state machine
-/// keeps the first assignment, so the duplicates are harmless.
-/// (Lease-based reassignment is the failover's job.)
-pub async fn assign_owners(cluster: Arc<Cluster>, tunnels: Vec<String>) {
+/// Tunnel ownership, on every member (a witness included: it may be the
+/// leader). Every gateway proposes first owners for its configured tunnels
+/// that have none (the state machine keeps the first); the leader moves the
+/// tunnels of gateways whose lease it has seen lapse.
+pub async fn manage_owners(
+    cluster: Arc<Cluster>,
+    configured: Vec<String>,
+    mode: Mode,
+    lease: LeaseTiming,
+) {
     loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let Some(first) = cluster
+        tokio::time::sleep(lease.renew_every).await;
+        let state = cluster.state();
+        let gateways: BTreeSet<NodeId> = cluster
             .members()
             .into_iter()
-            .filter(|(_, m)| !m.witness)
+            .filter(|(id, m)| !m.witness && cluster.voters().contains(id))
             .map(|(id, _)| id)
-            .min()
-        else {
-            continue;
-        };
-        let owners = cluster.state().owners;
-        let changes: Vec<Change> = tunnels
-            .iter()
-            .filter(|t| !owners.contains_key(*t))
-            .map(|t| Change::OwnerAssigned {
-                tunnel: t.clone(),
-                node: first,
-            })
             .collect();
+        let mut changes = ownership::assign_unowned(mode, &state, &configured, &gateways);
+        if cluster.metrics().current_leader == Some(cluster.id()) {
+            let now = Instant::now();
+            let watch = cluster.lease_watch();
+            let live: BTreeSet<NodeId> = gateways
+                .iter()
+                .copied()
+                .filter(|g| !watch.expired(&lease, *g, now))
+                .collect();
+            let moves = ownership::reassign(mode, &state, &gateways, &live);
+            for m in &moves {
+                tracing::warn!(?m, "moving a tunnel off a gateway whose lease lapsed");
+            }
+            changes.extend(moves);
+        }
         if !changes.is_empty()
             && let Err(e) = cluster.propose(Command { changes }).await
         {
-            tracing::warn!(error = %e, "cannot assign tunnel owners");
+            tracing::warn!(error = %e, "cannot commit tunnel owners");
         }
     }
+}
+
+/// Renews this gateway's lease every `renew_every`, each renewal in its own
+/// task so one slow commit does not delay the next.
+pub async fn renew_leases(
+    cluster: Arc<Cluster>,
+    lease: LeaseTiming,
+    report: mpsc::UnboundedSender<Background>,
+) {
+    let mut every = tokio::time::interval(lease.renew_every);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        every.tick().await;
+        let (cluster, report) = (cluster.clone(), report.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(lease.duration, cluster.renew_lease(&lease)).await {
+                Ok(Ok(sent)) => {
+                    let _ = report.send(Background::LeaseRenewed(sent));
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "lease renewal failed"),
+                Err(_) => tracing::debug!("lease renewal timed out"),
+            }
+        });
+    }
+}
+
+/// Reserves outbound sequence numbers up to `up_to` for `outbound_spi`.
+pub fn reserve(
+    cluster: Arc<Cluster>,
+    outbound_spi: u32,
+    up_to: u64,
+    report: mpsc::UnboundedSender<Background>,
+) {
+    tokio::spawn(async move {
+        let change = Change::SeqBlockReserved {
+            outbound_spi,
+            node: cluster.id(),
+            up_to,
+        };
+        let done = match cluster.propose(Command::one(change)).await {
+            Ok(()) => Background::Reserved {
+                outbound_spi,
+                up_to,
+            },
+            Err(e) => {
+                tracing::warn!(outbound = format_args!("{outbound_spi:08x}"), error = %e, "sequence reservation failed");
+                Background::ReserveFailed(outbound_spi)
+            }
+        };
+        let _ = report.send(done);
+    });
+}
+
+/// Commits inbound replay high-water marks (invariant 4), fire and forget:
+/// a lost sync only widens the residual replay window until the next one.
+pub fn sync_replay_marks(cluster: Arc<Cluster>, marks: Vec<(u32, u64)>) {
+    tokio::spawn(async move {
+        let changes = marks
+            .into_iter()
+            .map(|(inbound_spi, highest)| Change::ReplayMarkSynced {
+                inbound_spi,
+                highest,
+            })
+            .collect();
+        if let Err(e) = cluster.propose(Command { changes }).await {
+            tracing::debug!(error = %e, "replay marks not synced");
+        }
+    });
 }
 
 /// Commits probe entries off the main loop and reports their latency (the
@@ -297,8 +401,16 @@ pub fn describe(cluster: &Cluster) -> serde_json::Value {
             })
         })
         .collect();
+    let watch = cluster.lease_watch();
+    let lease_age_ms: BTreeMap<NodeId, u128> = cluster
+        .members()
+        .into_iter()
+        .filter(|(_, m)| !m.witness)
+        .map(|(id, _)| (id, watch.last_seen(id).elapsed().as_millis()))
+        .collect();
     serde_json::json!({
         "id": cluster.id(),
+        "lease_age_ms": lease_age_ms,
         "state": format!("{:?}", m.state),
         "leader": m.current_leader,
         "term": m.current_term,

@@ -1,0 +1,278 @@
+//! Moving a tunnel's address (its VIP) to the node that owns the tunnel
+//! (DESIGN.md "Failover"): on Linux, add or remove the address through
+//! netlink and announce it with gratuitous ARP so the segment's neighbours
+//! (the peer's router) switch at once; or call an operator's hook script for
+//! clouds that move addresses by API.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::TryStreamExt as _;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkAttribute;
+
+use crate::config::Vip;
+
+/// When gratuitous ARPs go out after an address moves: at once, then again
+/// in case the first crossed a neighbour's own probe.
+const GARP_AT: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+];
+
+#[derive(Debug)]
+pub enum VipMover {
+    None,
+    Linux {
+        handle: rtnetlink::Handle,
+        interface: String,
+        ifindex: u32,
+        mac: [u8; 6],
+        prefix_len: u8,
+    },
+    Hook {
+        path: PathBuf,
+        node: String,
+    },
+}
+
+impl VipMover {
+    pub async fn new(vip: &Vip, node: &str) -> anyhow::Result<VipMover> {
+        Ok(match vip {
+            Vip::None => VipMover::None,
+            Vip::Hook(path) => VipMover::Hook {
+                path: path.clone(),
+                node: node.to_owned(),
+            },
+            Vip::Linux {
+                interface,
+                prefix_len,
+            } => {
+                let (connection, handle, _) =
+                    rtnetlink::new_connection().context("cannot open a netlink socket")?;
+                tokio::spawn(connection);
+                let link = handle
+                    .link()
+                    .get()
+                    .match_name(interface.clone())
+                    .execute()
+                    .try_next()
+                    .await
+                    .with_context(|| format!("cannot look up VIP interface {interface}"))?
+                    .with_context(|| format!("VIP interface {interface} not found"))?;
+                let mac = link
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        LinkAttribute::Address(m) => <[u8; 6]>::try_from(m.as_slice()).ok(),
+                        _ => None,
+                    })
+                    .with_context(|| {
+                        format!("VIP interface {interface} has no Ethernet address")
+                    })?;
+                VipMover::Linux {
+                    handle,
+                    interface: interface.clone(),
+                    ifindex: link.header.index,
+                    mac,
+                    prefix_len: *prefix_len,
+                }
+            }
+        })
+    }
+
+    /// This node now owns `addr`.
+    pub async fn up(&self, addr: IpAddr) {
+        match self {
+            VipMover::None => {}
+            VipMover::Hook { path, node } => run_hook(path, "up", addr, node).await,
+            VipMover::Linux {
+                handle,
+                interface,
+                ifindex,
+                mac,
+                prefix_len,
+            } => {
+                let added = handle
+                    .address()
+                    .add(*ifindex, addr, *prefix_len)
+                    .replace()
+                    .execute()
+                    .await;
+                match added {
+                    Ok(()) => tracing::info!(%addr, %interface, "VIP added"),
+                    Err(e) => {
+                        tracing::error!(%addr, %interface, error = %e, "cannot add VIP");
+                        return;
+                    }
+                }
+                // IPv6 would want an unsolicited neighbour advertisement:
+                // not done yet.
+                if let IpAddr::V4(v4) = addr {
+                    let (ifindex, mac) = (*ifindex, *mac);
+                    tokio::spawn(async move {
+                        let mut last = Duration::ZERO;
+                        for at in GARP_AT {
+                            tokio::time::sleep(at - last).await;
+                            last = at;
+                            if let Err(e) = garp::announce(ifindex, mac, v4) {
+                                tracing::warn!(%addr, error = %e, "gratuitous ARP failed");
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// This node no longer owns `addr`.
+    pub async fn down(&self, addr: IpAddr) {
+        match self {
+            VipMover::None => {}
+            VipMover::Hook { path, node } => run_hook(path, "down", addr, node).await,
+            VipMover::Linux {
+                handle,
+                interface,
+                ifindex,
+                ..
+            } => {
+                let mut found = handle
+                    .address()
+                    .get()
+                    .set_link_index_filter(*ifindex)
+                    .set_address_filter(addr)
+                    .execute();
+                loop {
+                    match found.try_next().await {
+                        Ok(Some(msg)) => {
+                            let is_it = msg.attributes.iter().any(|a| {
+                                matches!(a, AddressAttribute::Address(a) | AddressAttribute::Local(a) if *a == addr)
+                            });
+                            if !is_it {
+                                continue;
+                            }
+                            match handle.address().del(msg).execute().await {
+                                Ok(()) => tracing::info!(%addr, %interface, "VIP removed"),
+                                Err(e) => {
+                                    tracing::error!(%addr, %interface, error = %e, "cannot remove VIP")
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::error!(%addr, %interface, error = %e, "cannot list addresses");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn run_hook(path: &PathBuf, event: &str, addr: IpAddr, node: &str) {
+    let status = tokio::process::Command::new(path)
+        .arg(event)
+        .arg(addr.to_string())
+        .arg(node)
+        .status()
+        .await;
+    match status {
+        Ok(s) if s.success() => {
+            tracing::info!(hook = %path.display(), event, %addr, "VIP hook done")
+        }
+        Ok(s) => tracing::error!(hook = %path.display(), event, %addr, %s, "VIP hook failed"),
+        Err(e) => {
+            tracing::error!(hook = %path.display(), event, %addr, error = %e, "cannot run VIP hook")
+        }
+    }
+}
+
+/// Gratuitous ARP through a packet socket: the only unsafe code in Tandem,
+/// here in the IO layer, because neither std nor tokio sends link-layer
+/// frames.
+#[allow(unsafe_code)]
+mod garp {
+    use std::io;
+    use std::net::Ipv4Addr;
+
+    const ETH_P_ARP: u16 = 0x0806;
+
+    /// An ARP request for `ip` from `ip` (RFC 5227 section 3), broadcast.
+    fn frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 42] {
+        let mut f = [0u8; 42];
+        f[..6].fill(0xff);
+        f[6..12].copy_from_slice(&mac);
+        f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+        f[14..16].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+        f[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+        f[18] = 6;
+        f[19] = 4;
+        f[20..22].copy_from_slice(&1u16.to_be_bytes()); // request
+        f[22..28].copy_from_slice(&mac);
+        f[28..32].copy_from_slice(&ip.octets());
+        // Target hardware address stays zero.
+        f[38..42].copy_from_slice(&ip.octets());
+        f
+    }
+
+    pub fn announce(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
+        let frame = frame(mac, ip);
+        // SAFETY: plain socket(2); the descriptor is checked and closed below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(ETH_P_ARP.to_be()),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ETH_P_ARP.to_be();
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].fill(0xff);
+        // SAFETY: the buffer and address outlive the call; the lengths are theirs.
+        let sent = unsafe {
+            libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        let result = if sent < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        };
+        // SAFETY: fd is ours and open.
+        unsafe { libc::close(fd) };
+        result
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn frame_is_an_announcement_of_the_address() {
+            let mac = [2, 0, 0, 0, 0, 1];
+            let f = frame(mac, Ipv4Addr::new(192, 0, 2, 1));
+            assert_eq!(&f[..6], &[0xff; 6]);
+            assert_eq!(&f[12..14], &[0x08, 0x06]);
+            assert_eq!(&f[22..28], &mac);
+            assert_eq!(&f[28..32], &[192, 0, 2, 1], "sender is the VIP");
+            assert_eq!(&f[38..42], &[192, 0, 2, 1], "and so is the target");
+        }
+    }
+}
