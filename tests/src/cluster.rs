@@ -16,6 +16,11 @@ pub struct Member {
     pub name: String,
     pub witness: bool,
     pub raft_port: u16,
+    /// Where its cluster listener is (127.0.0.1 unless each member has its
+    /// own namespace).
+    pub addr: String,
+    /// Extra `[cluster]` lines (mode, lease, VIP settings).
+    pub extra: String,
     pub data_dir: PathBuf,
     pub node: GatewayNode,
 }
@@ -59,6 +64,8 @@ impl Cluster {
                     name: name.clone(),
                     witness,
                     raft_port: 7400 + id as u16,
+                    addr: "127.0.0.1".into(),
+                    extra: String::new(),
                     data_dir: dir.join(format!("data-{name}")),
                     node: GatewayNode {
                         name,
@@ -82,7 +89,9 @@ impl Cluster {
     pub fn cluster_conf(&self, id: u64) -> String {
         let me = &self.members[&id];
         let mut out = format!(
-            "\n[cluster]\nid = {id}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\npki_dir = \"{pki}\"\nrole = \"{role}\"\nsnapshot_every = {snap}\n",
+            "\n[cluster]\nid = {id}\nlisten = \"{addr}:{port}\"\ndata_dir = \"{data}\"\npki_dir = \"{pki}\"\nrole = \"{role}\"\nsnapshot_every = {snap}\n{extra}",
+            addr = me.addr,
+            extra = me.extra,
             port = me.raft_port,
             data = me.data_dir.display(),
             pki = self.pki.display(),
@@ -91,8 +100,8 @@ impl Cluster {
         );
         for m in self.members.values() {
             out += &format!(
-                "\n[[cluster.member]]\nid = {}\nname = \"{}\"\naddr = \"127.0.0.1:{}\"\nwitness = {}\n",
-                m.id, m.name, m.raft_port, m.witness
+                "\n[[cluster.member]]\nid = {}\nname = \"{}\"\naddr = \"{}:{}\"\nwitness = {}\n",
+                m.id, m.name, m.addr, m.raft_port, m.witness
             );
         }
         out

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 
 pub mod cluster;
+pub mod ha;
 
 /// Real-peer tests share two cores; running them one at a time keeps their
 /// throughput and loss figures meaningful (and the fixed iperf3 port free).
@@ -639,6 +640,12 @@ impl Charon {
     /// Deletes the IKE SA of connection `name` (sends the DELETE, waits for the reply).
     pub fn terminate_ike(&self, name: &str) -> anyhow::Result<()> {
         self.swanctl(&["--terminate", "--ike", name, "--timeout", "10"])
+            .map(drop)
+    }
+
+    /// Rekeys the child SA `child`, or the IKE SA `name`, and waits for it.
+    pub fn rekey(&self, kind: &str, name: &str) -> anyhow::Result<()> {
+        self.swanctl(&["--rekey", &format!("--{kind}"), name])
             .map(drop)
     }
 

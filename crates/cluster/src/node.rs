@@ -50,9 +50,12 @@ pub struct RaftTiming {
 impl Default for RaftTiming {
     fn default() -> Self {
         Self {
+            // A leader change must finish well within a gateway's lease
+            // (600 ms by default), or healthy owners fence themselves while
+            // the cluster elects.
             heartbeat: Duration::from_millis(50),
-            election_min: Duration::from_millis(300),
-            election_max: Duration::from_millis(600),
+            election_min: Duration::from_millis(150),
+            election_max: Duration::from_millis(300),
             snapshot_every: 5_000,
         }
     }

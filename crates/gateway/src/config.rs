@@ -675,24 +675,31 @@ fn parse_opt_duration(key: &str, s: &Option<String>) -> Result<Option<Duration>,
 /// Durations as operators write them in strongSwan and cloud consoles: `45s`,
 /// `10m`, `8h`, `1d`, or bare seconds.
 pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
-    let bad = || err(key, format!("{s:?} is not a duration like 30s, 10m, 8h"));
+    let bad = || {
+        err(
+            key,
+            format!("{s:?} is not a duration like 500ms, 30s, 10m, 8h"),
+        )
+    };
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
     let n: u64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60).ok_or_else(bad)?,
-        "h" => n.checked_mul(3600).ok_or_else(bad)?,
-        "d" => n.checked_mul(86_400).ok_or_else(bad)?,
+    let scale = |factor: u64| n.checked_mul(factor).ok_or_else(bad);
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(scale(60)?),
+        "h" => Duration::from_secs(scale(3600)?),
+        "d" => Duration::from_secs(scale(86_400)?),
         _ => return Err(bad()),
     };
-    if secs == 0 {
+    if d.is_zero() {
         return Err(err(key, "must be greater than zero"));
     }
-    Ok(Duration::from_secs(secs))
+    Ok(d)
 }
 
 fn read_psk_file(key: &str, path: &Path) -> Result<Secret, ConfigError> {
@@ -835,6 +842,10 @@ child_lifetime = "10m"
         assert_eq!(
             parse_duration("k", "8h").unwrap(),
             Duration::from_secs(28_800)
+        );
+        assert_eq!(
+            parse_duration("k", "400ms").unwrap(),
+            Duration::from_millis(400)
         );
         assert!(parse_duration("k", "8x").is_err());
         assert!(parse_duration("k", "0s").is_err());

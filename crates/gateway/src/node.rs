@@ -141,6 +141,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(settings) => VipMover::new(&settings.vip, &config.node_name).await?,
         None => VipMover::None,
     };
+    // A node starts owning nothing: addresses left behind by a crash of this
+    // process would contest the real owner's.
+    for conn in &config.connections {
+        vip.down(conn.ike.local_addr).await;
+    }
     let cluster_mode = cluster.is_some();
     let mut node = Node {
         id: config.cluster.as_ref().map_or(0, |c| c.id),

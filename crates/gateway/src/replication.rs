@@ -53,9 +53,8 @@ impl Step {
     }
 }
 
-/// Starts this node's cluster member and bootstraps the cluster from the
-/// configured voters (every node does; openraft accepts the same initial
-/// membership more than once).
+/// Starts this node's cluster member; the lowest-id member bootstraps the
+/// cluster from the configured voters on its first start.
 pub async fn start(node_name: &str, settings: &ClusterSettings) -> anyhow::Result<Arc<Cluster>> {
     let tls = NodeTls::from_dir(&settings.pki_dir, node_name)
         .with_context(|| format!("cluster TLS material in {}", settings.pki_dir.display()))?;
@@ -73,7 +72,12 @@ pub async fn start(node_name: &str, settings: &ClusterSettings) -> anyhow::Resul
         },
     })
     .await?;
-    cluster.initialize(settings.members.clone()).await?;
+    // Only the lowest id bootstraps: when every member does, their first
+    // elections compete and the cluster takes longer to settle. The others
+    // learn the membership from its leader.
+    if settings.members.keys().next() == Some(&settings.id) {
+        cluster.initialize(settings.members.clone()).await?;
+    }
     Ok(Arc::new(cluster))
 }
 

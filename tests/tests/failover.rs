@@ -1,0 +1,183 @@
+//! Unplanned takeover with a real peer: strongSwan has one tunnel to the VIP
+//! of a cluster whose nodes each live in their own namespace on a shared
+//! segment. The owner is killed with `kill -9` under 100 pings a second; a
+//! standby must carry the tunnel within a second, with the same IKE SA (no
+//! renegotiation), no replay or integrity errors at the peer, and rekeys
+//! working afterwards.
+//!
+//! `cargo test -p tandem-tests --test failover -- --nocapture` after
+//! `cargo build -p tandem-gateway` (as root).
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use tandem_tests::cluster::Cluster;
+use tandem_tests::ha::HaSite;
+use tandem_tests::{BackgroundPing, Charon, SiteToSite, check_gone, ping, serial, wait_for};
+
+const CONN: &str = "site-a";
+const PING_INTERVAL: Duration = Duration::from_millis(10);
+
+fn kill_the_owner(gateways: u64, witnesses: u64) -> anyhow::Result<()> {
+    let _serial = serial();
+    let site = HaSite::new((gateways + witnesses) as usize)?;
+    let dir = site.dir.path().to_path_buf();
+    let mut c = Cluster::new(&dir.join("cluster"), gateways, witnesses, 10_000)?;
+    for (id, m) in &mut c.members {
+        let i = *id as usize;
+        m.addr = HaSite::node_addr(i);
+        m.node.ike_port = 500;
+        m.node.natt_port = 4500;
+        m.extra = format!(
+            "lease = \"500ms\"\nvip_interface = \"{}\"\nvip_prefix_len = 24\n",
+            site.node_ifs[i - 1]
+        );
+    }
+    let peer_side = site.tunnel(CONN, "aes256gcm16-prfsha256-curve25519", "aes256gcm16");
+    let gw_side = peer_side.mirrored();
+    let ids: Vec<u64> = c.members.keys().copied().collect();
+    for id in ids {
+        let witness = c.members[&id].witness;
+        c.start(
+            &site.nodes[id as usize - 1],
+            id,
+            (!witness).then_some(&gw_side),
+        )?;
+    }
+    c.leader()?;
+    wait_for(
+        "gateway 1 to own the tunnel and hold the VIP",
+        Duration::from_secs(15),
+        || Ok((site.vip_holders()? == [1]).then_some(())),
+    )?;
+    let peer = Charon::start(&site.peer, &dir, &peer_side)?;
+    let result = exercise(&site, &mut c, &peer).with_context(|| {
+        let tail = |id: u64| {
+            c.running
+                .get(&id)
+                .map_or_else(|| "(not running)".to_owned(), |t| t.log_tail(30))
+        };
+        format!(
+            "--- strongSwan log tail:\n{}\n--- node 2 log tail:\n{}",
+            peer.log_tail(30),
+            tail(2)
+        )
+    });
+    let mut namespaces = vec![site.peer.name().to_owned()];
+    namespaces.extend(site.nodes.iter().map(|n| n.name().to_owned()));
+    let mut pids = vec![peer.pid()];
+    pids.extend(c.running.values().map(|t| t.pid()));
+    drop((peer, c, site));
+    result?;
+    check_gone(&namespaces, &pids)
+}
+
+fn exercise(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::Result<()> {
+    let dir = site.dir.path();
+    peer.initiate(CONN)?;
+    let before = peer.wait_established()?;
+    wait_for(
+        "the standby to hold the child SA",
+        Duration::from_secs(5),
+        || {
+            let s = c.node(2).status()?;
+            Ok(s["standby_child_sas"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+                .then_some(()))
+        },
+    )?;
+    let p = ping(
+        &site.peer,
+        SiteToSite::PEER_INNER,
+        SiteToSite::GW_INNER,
+        50,
+        PING_INTERVAL,
+    )?;
+    ensure!(p.lost() == 0, "ping through the owner lost {}", p.lost());
+
+    // 4 s of pings at 100 a second; the owner dies after the first second.
+    let bg = BackgroundPing::start(
+        &site.peer,
+        dir,
+        SiteToSite::PEER_INNER,
+        SiteToSite::GW_INNER,
+        400,
+        PING_INTERVAL,
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    c.kill9(1)?;
+    let p = bg.finish(Duration::from_secs(30))?;
+    let gap = PING_INTERVAL * p.lost();
+    println!(
+        "kill -9 of the owner: {} of {} pings lost, a gap of about {gap:?}",
+        p.lost(),
+        p.sent
+    );
+    ensure!(
+        gap < Duration::from_secs(1),
+        "traffic gap {gap:?} ({} pings lost) is not under 1 s",
+        p.lost()
+    );
+    ensure!(
+        site.vip_holders()?.contains(&2),
+        "node 2 does not hold the VIP: {:?}",
+        site.vip_holders()?
+    );
+    let owner = c.view(2)?["owners"][CONN].clone();
+    ensure!(owner == 2, "tunnel owner after the kill: {owner}");
+
+    // The same IKE SA, never renegotiated, and nothing the peer rejected.
+    let after = peer.wait_established()?;
+    ensure!(
+        (after.spi_i.as_str(), after.spi_r.as_str())
+            == (before.spi_i.as_str(), before.spi_r.as_str()),
+        "the peer's IKE SA changed: {before:?} -> {after:?}"
+    );
+    let log = peer.log();
+    let inits = log.matches("generating IKE_SA_INIT").count()
+        + log.matches("parsed IKE_SA_INIT request").count();
+    ensure!(
+        inits == 1,
+        "{inits} IKE_SA_INIT exchanges in the peer's log"
+    );
+    for bad in ["verification failed", "replay", "integrity"] {
+        ensure!(
+            !log.to_lowercase().contains(bad),
+            "the peer's log mentions {bad:?}"
+        );
+    }
+
+    // Rekeys with the new owner: the child, then the IKE SA, each with
+    // traffic after it.
+    for kind in ["child", "ike"] {
+        peer.rekey(kind, CONN)?;
+        let p = ping(
+            &site.peer,
+            SiteToSite::PEER_INNER,
+            SiteToSite::GW_INNER,
+            50,
+            PING_INTERVAL,
+        )?;
+        ensure!(p.lost() == 0, "after a {kind} rekey: {} lost", p.lost());
+    }
+    let rekeyed = peer.wait_established()?;
+    ensure!(
+        rekeyed.spi_i != before.spi_i,
+        "the IKE rekey did not happen: {rekeyed:?}"
+    );
+    println!("after the takeover: child and IKE rekeys done, traffic flows: {rekeyed:?}");
+    Ok(())
+}
+
+#[test]
+fn three_gateways_kill9_of_the_owner_moves_the_tunnel_in_under_a_second() -> anyhow::Result<()> {
+    kill_the_owner(3, 0)
+}
+
+#[test]
+fn two_gateways_and_a_witness_kill9_of_the_owner() -> anyhow::Result<()> {
+    kill_the_owner(2, 1)
+}
