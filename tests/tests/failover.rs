@@ -20,7 +20,13 @@ use tandem_tests::{BackgroundPing, Charon, SiteToSite, check_gone, ping, serial,
 const CONN: &str = "site-a";
 const PING_INTERVAL: Duration = Duration::from_millis(10);
 
-fn kill_the_owner(gateways: u64, witnesses: u64) -> anyhow::Result<()> {
+/// Runs `scenario` on a cluster of `gateways` + `witnesses` nodes with
+/// strongSwan connected to gateway 1 (the owner), traffic checked.
+fn with_cluster(
+    gateways: u64,
+    witnesses: u64,
+    scenario: fn(&HaSite, &mut Cluster, &Charon) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let _serial = serial();
     let site = HaSite::new((gateways + witnesses) as usize)?;
     let dir = site.dir.path().to_path_buf();
@@ -53,18 +59,20 @@ fn kill_the_owner(gateways: u64, witnesses: u64) -> anyhow::Result<()> {
         || Ok((site.vip_holders()? == [1]).then_some(())),
     )?;
     let peer = Charon::start(&site.peer, &dir, &peer_side)?;
-    let result = exercise(&site, &mut c, &peer).with_context(|| {
-        let tail = |id: u64| {
-            c.running
-                .get(&id)
-                .map_or_else(|| "(not running)".to_owned(), |t| t.log_tail(30))
-        };
-        format!(
-            "--- strongSwan log tail:\n{}\n--- node 2 log tail:\n{}",
-            peer.log_tail(30),
-            tail(2)
-        )
-    });
+    let result = connect(&site, &c, &peer)
+        .and_then(|()| scenario(&site, &mut c, &peer))
+        .with_context(|| {
+            let tail = |id: u64| {
+                c.running
+                    .get(&id)
+                    .map_or_else(|| "(not running)".to_owned(), |t| t.log_tail(30))
+            };
+            format!(
+                "--- strongSwan log tail:\n{}\n--- node 2 log tail:\n{}",
+                peer.log_tail(30),
+                tail(2)
+            )
+        });
     let mut namespaces = vec![site.peer.name().to_owned()];
     namespaces.extend(site.nodes.iter().map(|n| n.name().to_owned()));
     let mut pids = vec![peer.pid()];
@@ -74,10 +82,10 @@ fn kill_the_owner(gateways: u64, witnesses: u64) -> anyhow::Result<()> {
     check_gone(&namespaces, &pids)
 }
 
-fn exercise(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::Result<()> {
-    let dir = site.dir.path();
+/// strongSwan connects; the standby holds the child SA; traffic flows.
+fn connect(site: &HaSite, c: &Cluster, peer: &Charon) -> anyhow::Result<()> {
     peer.initiate(CONN)?;
-    let before = peer.wait_established()?;
+    peer.wait_established()?;
     wait_for(
         "the standby to hold the child SA",
         Duration::from_secs(5),
@@ -97,39 +105,34 @@ fn exercise(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::Result<()>
         PING_INTERVAL,
     )?;
     ensure!(p.lost() == 0, "ping through the owner lost {}", p.lost());
+    Ok(())
+}
 
-    // 4 s of pings at 100 a second; the owner dies after the first second.
+/// 3 s of pings at 100 a second, with `action` done after the first second.
+fn pings_around(
+    site: &HaSite,
+    action: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<tandem_tests::PingStats> {
     let bg = BackgroundPing::start(
         &site.peer,
-        dir,
+        site.dir.path(),
         SiteToSite::PEER_INNER,
         SiteToSite::GW_INNER,
-        400,
+        300,
         PING_INTERVAL,
     )?;
     std::thread::sleep(Duration::from_secs(1));
-    c.kill9(1)?;
-    let p = bg.finish(Duration::from_secs(30))?;
-    let gap = PING_INTERVAL * p.lost();
-    println!(
-        "kill -9 of the owner: {} of {} pings lost, a gap of about {gap:?}",
-        p.lost(),
-        p.sent
-    );
-    ensure!(
-        gap < Duration::from_secs(1),
-        "traffic gap {gap:?} ({} pings lost) is not under 1 s",
-        p.lost()
-    );
-    ensure!(
-        site.vip_holders()?.contains(&2),
-        "node 2 does not hold the VIP: {:?}",
-        site.vip_holders()?
-    );
-    let owner = c.view(2)?["owners"][CONN].clone();
-    ensure!(owner == 2, "tunnel owner after the kill: {owner}");
+    action()?;
+    bg.finish(Duration::from_secs(30))
+}
 
-    // The same IKE SA, never renegotiated, and nothing the peer rejected.
+/// The peer still has the IKE SA it had (`before`), never renegotiated, and
+/// rejected nothing; then child and IKE rekeys work with the new owner.
+fn same_sa_and_rekeys_work(
+    site: &HaSite,
+    peer: &Charon,
+    before: &tandem_tests::PeerIkeSa,
+) -> anyhow::Result<()> {
     let after = peer.wait_established()?;
     ensure!(
         (after.spi_i.as_str(), after.spi_r.as_str())
@@ -149,9 +152,6 @@ fn exercise(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::Result<()>
             "the peer's log mentions {bad:?}"
         );
     }
-
-    // Rekeys with the new owner: the child, then the IKE SA, each with
-    // traffic after it.
     for kind in ["child", "ike"] {
         peer.rekey(kind, CONN)?;
         let p = ping(
@@ -168,16 +168,70 @@ fn exercise(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::Result<()>
         rekeyed.spi_i != before.spi_i,
         "the IKE rekey did not happen: {rekeyed:?}"
     );
-    println!("after the takeover: child and IKE rekeys done, traffic flows: {rekeyed:?}");
+    println!("then child and IKE rekeys with the new owner, traffic flows");
     Ok(())
+}
+
+fn kill_the_owner(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::Result<()> {
+    let before = peer.wait_established()?;
+    let p = pings_around(site, || c.kill9(1))?;
+    let gap = PING_INTERVAL * p.lost();
+    println!(
+        "kill -9 of the owner: {} of {} pings lost, a gap of about {gap:?}",
+        p.lost(),
+        p.sent
+    );
+    ensure!(
+        gap < Duration::from_secs(1),
+        "traffic gap {gap:?} ({} pings lost) is not under 1 s",
+        p.lost()
+    );
+    ensure!(
+        site.vip_holders()?.contains(&2),
+        "node 2 does not hold the VIP: {:?}",
+        site.vip_holders()?
+    );
+    let owner = c.view(2)?["owners"][CONN].clone();
+    ensure!(owner == 2, "tunnel owner after the kill: {owner}");
+
+    same_sa_and_rekeys_work(site, peer, &before)
+}
+
+/// Planned handover to gateway 2, then a drain of gateway 2 (back to 1):
+/// each may lose at most one ping.
+fn hand_over_and_back(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::Result<()> {
+    let before = peer.wait_established()?;
+    for (what, at, args, owner) in [
+        ("handover to gateway 2", 1, vec!["handover", CONN, "2"], 2),
+        ("drain of gateway 2", 3, vec!["drain", "2"], 1),
+    ] {
+        let mut report = String::new();
+        let p = pings_around(site, || {
+            report = c.node(at).ctl(&args)?;
+            Ok(())
+        })?;
+        println!("{what}: {report}; {} of {} pings lost", p.lost(), p.sent);
+        ensure!(p.lost() <= 1, "{what} lost {} pings", p.lost());
+        let now = c.view(at)?["owners"][CONN].clone();
+        ensure!(now == owner, "owner after the {what}: {now}");
+        wait_for("the VIP to move", Duration::from_secs(2), || {
+            Ok((site.vip_holders()? == [owner as usize]).then_some(()))
+        })?;
+    }
+    same_sa_and_rekeys_work(site, peer, &before)
 }
 
 #[test]
 fn three_gateways_kill9_of_the_owner_moves_the_tunnel_in_under_a_second() -> anyhow::Result<()> {
-    kill_the_owner(3, 0)
+    with_cluster(3, 0, kill_the_owner)
 }
 
 #[test]
 fn two_gateways_and_a_witness_kill9_of_the_owner() -> anyhow::Result<()> {
-    kill_the_owner(2, 1)
+    with_cluster(2, 1, kill_the_owner)
+}
+
+#[test]
+fn planned_handover_and_drain_lose_at_most_one_packet_each() -> anyhow::Result<()> {
+    with_cluster(3, 0, hand_over_and_back)
 }

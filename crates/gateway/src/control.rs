@@ -28,6 +28,13 @@ pub enum Command {
         writers: u64,
         bytes: usize,
     },
+    /// Planned handover of a tunnel to another gateway.
+    Handover {
+        tunnel: String,
+        to: tandem_cluster::NodeId,
+    },
+    /// Hands every tunnel a gateway owns to the other gateways.
+    Drain(tandem_cluster::NodeId),
 }
 
 impl Command {
@@ -84,6 +91,23 @@ impl Command {
                     bytes,
                 })
             }
+            "handover" => {
+                let usage = "usage: handover TUNNEL NODE_ID";
+                match (words.next(), words.next().map(str::parse)) {
+                    (Some(tunnel), Some(Ok(to))) => Ok(Command::Handover {
+                        tunnel: tunnel.to_owned(),
+                        to,
+                    }),
+                    _ => Err(usage.into()),
+                }
+            }
+            "drain" => {
+                let id = words
+                    .next()
+                    .and_then(|w| w.parse().ok())
+                    .ok_or("usage: drain NODE_ID")?;
+                Ok(Command::Drain(id))
+            }
             "member-remove" => {
                 let id = words
                     .next()
@@ -92,7 +116,7 @@ impl Command {
                 Ok(Command::MemberRemove(id))
             }
             other => Err(format!(
-                "unknown command {other:?}; expected status, initiate, terminate, rekey-child, rekey-ike, member-add, member-remove or probe"
+                "unknown command {other:?}; expected status, initiate, terminate, rekey-child, rekey-ike, member-add, member-remove, probe, handover or drain"
             )),
         }
     }

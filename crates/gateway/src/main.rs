@@ -52,7 +52,8 @@ enum Cmd {
         #[arg(long, default_value = "/run/tandem/tandemd.sock")]
         socket: PathBuf,
         /// status | initiate NAME | terminate NAME | rekey-child NAME | rekey-ike NAME |
-        /// member-add ID NAME HOST:PORT [witness] | member-remove ID
+        /// member-add ID NAME HOST:PORT [witness] | member-remove ID |
+        /// probe COUNT [WRITERS [BYTES]] | handover TUNNEL NODE_ID | drain NODE_ID
         #[arg(required = true, num_args = 1..)]
         command: Vec<String>,
     },

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use tandem_cluster::lease::{LeaseTiming, OwnLease};
+use tandem_cluster::ownership::Mode;
 use tandem_cluster::{Change, Cluster, StateEvent};
 use tandem_crypto::OsRandom;
 use tandem_ike::endpoint::{ChildSa, Endpoint, Event, Transmit};
@@ -185,6 +186,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         natt_port: config.natt_port,
         lease: OwnLease::default(),
         lease_timing,
+        mode: config.cluster.as_ref().map(|c| c.mode).unwrap_or_default(),
         fenced: true,
         reserving: BTreeSet::new(),
         marks_synced: BTreeMap::new(),
@@ -227,6 +229,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     (Some(c), Command::Probe { count, writers, bytes }) => {
                         replication::probe(c.clone(), *count, *writers, *bytes, reply);
                     }
+                    (Some(c), Command::Handover { .. } | Command::Drain(_)) => {
+                        let c = c.clone();
+                        node.handover(c, cmd, reply);
+                    }
                     _ => {
                         let _ = reply.send(node.command(cmd));
                     }
@@ -253,6 +259,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn run_witness(config: &Config, cluster: std::sync::Arc<Cluster>) -> anyhow::Result<()> {
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Request>(16);
     control::serve(&config.control_socket, ctl_tx)?;
+    let timing = config
+        .cluster
+        .as_ref()
+        .map(|c| (c.mode, c.lease))
+        .unwrap_or_default();
     if let Some(settings) = &config.cluster {
         // The witness may be the leader: it moves tunnels off lapsed leases too.
         tokio::spawn(replication::manage_owners(
@@ -277,6 +288,9 @@ async fn run_witness(config: &Config, cluster: std::sync::Arc<Cluster>) -> anyho
                 }
                 Command::Probe { count, writers, bytes } => {
                     replication::probe(cluster.clone(), count, writers, bytes, reply);
+                }
+                Command::Handover { .. } | Command::Drain(_) => {
+                    replication::handover(cluster.clone(), cmd, Vec::new(), timing, reply);
                 }
                 _ => {
                     let _ = reply.send(Err("a witness carries no tunnels".into()));
@@ -380,6 +394,7 @@ struct Node {
     /// This node's lease (cluster mode): it sends nothing without one.
     lease: OwnLease,
     lease_timing: LeaseTiming,
+    mode: Mode,
     /// Last seen state of the lease, to log changes once.
     fenced: bool,
     /// Outbound SPIs with a reservation being committed.
@@ -578,6 +593,24 @@ impl Node {
             }
         }
         self.initiate_owned(now);
+    }
+
+    /// Starts a planned handover (or a drain) with this node's replay marks
+    /// of the tunnels it owns, the freshest there are.
+    fn handover(
+        &self,
+        cluster: Arc<Cluster>,
+        cmd: Command,
+        reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+    ) {
+        let inbound = cluster
+            .state()
+            .child_sas
+            .into_values()
+            .filter(|c| self.owned.contains(&c.connection))
+            .map(|c| c.inbound_spi);
+        let marks = self.dataplane.replay_marks(inbound);
+        replication::handover(cluster, cmd, marks, (self.mode, self.lease_timing), reply);
     }
 
     /// This node may send (IKE and ESP): always standalone; in a cluster only
@@ -809,7 +842,11 @@ impl Node {
             Command::Terminate(name) => self.endpoint.terminate(now, name),
             Command::RekeyChild(name) => self.endpoint.rekey_child(now, name),
             Command::RekeyIke(name) => self.endpoint.rekey_ike(now, name),
-            Command::MemberAdd(..) | Command::MemberRemove(_) | Command::Probe { .. } => {
+            Command::MemberAdd(..)
+            | Command::MemberRemove(_)
+            | Command::Probe { .. }
+            | Command::Handover { .. }
+            | Command::Drain(_) => {
                 return Err("this node is not in a cluster".into());
             }
         };

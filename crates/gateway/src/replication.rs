@@ -231,6 +231,105 @@ pub fn reserve(
     });
 }
 
+/// Planned handover (DESIGN.md "Failover"): commits each tunnel's transfer
+/// with its final replay marks, then an empty entry at once, whose append
+/// carries the new commit index to every follower: the old owner (which stops
+/// sending) and the new one (which starts) apply the transfer within a
+/// millisecond of each other instead of at the next heartbeat. `cmd` is a
+/// handover (one tunnel to one node) or a drain (every tunnel of a node to
+/// wherever placement puts it among the other live gateways).
+pub fn handover(
+    cluster: Arc<Cluster>,
+    cmd: crate::control::Command,
+    marks: Vec<(u32, u64)>,
+    (mode, lease): (Mode, LeaseTiming),
+    reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+) {
+    tokio::spawn(async move {
+        let result = async {
+            let state = cluster.state();
+            let (moves, avoid): (Vec<(String, Option<NodeId>)>, _) = match cmd {
+                crate::control::Command::Handover { tunnel, to } => {
+                    (vec![(tunnel, Some(to))], None)
+                }
+                crate::control::Command::Drain(node) => (
+                    state
+                        .owners
+                        .iter()
+                        .filter(|(_, owner)| **owner == node)
+                        .map(|(t, _)| (t.clone(), None))
+                        .collect(),
+                    Some(node),
+                ),
+                _ => return Err("not a handover".to_owned()),
+            };
+            let watch = cluster.lease_watch();
+            let now = Instant::now();
+            let live: BTreeSet<NodeId> = cluster
+                .members()
+                .into_iter()
+                .filter(|(id, m)| {
+                    !m.witness && Some(*id) != avoid && !watch.expired(&lease, *id, now)
+                })
+                .map(|(id, _)| id)
+                .collect();
+            let tunnels: BTreeSet<String> = state.owners.keys().cloned().collect();
+            let mut changes: Vec<Change> = marks
+                .into_iter()
+                .map(|(inbound_spi, highest)| Change::ReplayMarkSynced {
+                    inbound_spi,
+                    highest,
+                })
+                .collect();
+            let mut moved = Vec::new();
+            for (tunnel, to) in moves {
+                let from = *state
+                    .owners
+                    .get(&tunnel)
+                    .ok_or_else(|| format!("no tunnel {tunnel:?} has an owner"))?;
+                let to = match to {
+                    Some(to) if live.contains(&to) => to,
+                    Some(to) => {
+                        return Err(format!("node {to} is not a gateway with a live lease"));
+                    }
+                    None => ownership::place(mode, &tunnel, &tunnels, &live)
+                        .ok_or("no other gateway has a live lease")?,
+                };
+                if from != to {
+                    changes.push(Change::OwnerTransferred {
+                        tunnel: tunnel.clone(),
+                        from,
+                        to,
+                    });
+                    moved.push(serde_json::json!({"tunnel": tunnel, "from": from, "to": to}));
+                }
+            }
+            if moved.is_empty() {
+                return Ok(serde_json::json!({ "moved": moved }).to_string());
+            }
+            let started = Instant::now();
+            cluster
+                .propose(Command { changes })
+                .await
+                .map_err(|e| e.to_string())?;
+            let committed = started.elapsed();
+            cluster
+                .propose(Command {
+                    changes: Vec::new(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(serde_json::json!({
+                "moved": moved,
+                "commit_us": committed.as_micros(),
+            })
+            .to_string())
+        }
+        .await;
+        let _ = reply.send(result);
+    });
+}
+
 /// Commits inbound replay high-water marks (invariant 4), fire and forget:
 /// a lost sync only widens the residual replay window until the next one.
 pub fn sync_replay_marks(cluster: Arc<Cluster>, marks: Vec<(u32, u64)>) {
