@@ -1089,6 +1089,9 @@ impl Tandemd {
 pub struct PingStats {
     pub sent: u32,
     pub received: u32,
+    /// Longest time between two consecutive replies (background pings
+    /// only): how long traffic stopped, to within one interval.
+    pub longest_silence: Option<Duration>,
 }
 
 impl PingStats {
@@ -1105,12 +1108,13 @@ impl PingStats {
     }
 }
 
-fn ping_args(src: &str, dst: &str, count: u32, interval: Duration) -> Vec<String> {
+fn ping_args(src: &str, dst: &str, count: u32, interval: Duration, quiet: bool) -> Vec<String> {
     // As root, iputils allows intervals below 0.2 s; -W 1 bounds the wait for
-    // the last replies so a dead tunnel fails fast.
+    // the last replies so a dead tunnel fails fast. Not quiet: one line per
+    // reply with its time (-D), for the silences.
     [
         "ping",
-        "-q",
+        if quiet { "-q" } else { "-D" },
         "-n",
         "-I",
         src,
@@ -1134,7 +1138,7 @@ pub fn ping(
     count: u32,
     interval: Duration,
 ) -> anyhow::Result<PingStats> {
-    let args = ping_args(src, dst, count, interval);
+    let args = ping_args(src, dst, count, interval, true);
     let out = ns.output(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     // ping exits 1 when replies are missing; the counts say how many.
     parse_ping(&String::from_utf8_lossy(&out.stdout))
@@ -1157,7 +1161,7 @@ impl BackgroundPing {
         interval: Duration,
     ) -> anyhow::Result<BackgroundPing> {
         let log = dir.join(unique("ping-"));
-        let args = ping_args(src, dst, count, interval);
+        let args = ping_args(src, dst, count, interval, false);
         let proc = ns.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>(), &log)?;
         Ok(BackgroundPing { proc, log })
     }
@@ -1184,9 +1188,21 @@ fn parse_ping(text: &str) -> anyhow::Result<PingStats> {
             .with_context(|| format!("no {word:?} in {line:?}"))?;
         Ok(words[i - 1].parse()?)
     };
+    // "[1763890000.123456] 64 bytes from 10.2.0.1: icmp_seq=7 ttl=64 time=0.3 ms"
+    let times: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    let longest_silence = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .reduce(f64::max)
+        .map(|s| Duration::from_secs_f64(s.max(0.0)));
     Ok(PingStats {
         sent: num("packets")?,
         received: num("received")?,
+        longest_silence,
     })
 }
 
@@ -1316,9 +1332,19 @@ site-a: #3, ESTABLISHED, IKEv2, 0123456789abcdef_i* fedcba9876543210_r
             s,
             PingStats {
                 sent: 200,
-                received: 198
+                received: 198,
+                longest_silence: None,
             }
         );
+        let timed = parse_ping(
+            "[1763890000.100000] 64 bytes from 10.2.0.1: icmp_seq=1 ttl=64 time=0.3 ms\n\
+             [1763890000.110000] 64 bytes from 10.2.0.1: icmp_seq=2 ttl=64 time=0.3 ms\n\
+             [1763890000.150000] 64 bytes from 10.2.0.1: icmp_seq=6 ttl=64 time=0.3 ms\n\
+             6 packets transmitted, 3 received, 50% packet loss, time 50ms\n",
+        )
+        .unwrap();
+        let silence = timed.longest_silence.unwrap();
+        assert!(silence > Duration::from_millis(39) && silence < Duration::from_millis(41));
         assert_eq!(s.lost(), 2);
         assert!((s.loss_percent() - 1.0).abs() < 1e-9);
         assert!(parse_ping("connect: Network is unreachable\n").is_err());

@@ -126,6 +126,11 @@ fn pings_around(
     bg.finish(Duration::from_secs(30))
 }
 
+/// How long the replies stopped.
+fn silence(p: &tandem_tests::PingStats) -> anyhow::Result<Duration> {
+    p.longest_silence.context("no replies to measure a silence")
+}
+
 /// The peer still has the IKE SA it had (`before`), never renegotiated, and
 /// rejected nothing; then child and IKE rekeys work with the new owner.
 fn same_sa_and_rekeys_work(
@@ -175,9 +180,9 @@ fn same_sa_and_rekeys_work(
 fn kill_the_owner(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::Result<()> {
     let before = peer.wait_established()?;
     let p = pings_around(site, || c.kill9(1))?;
-    let gap = PING_INTERVAL * p.lost();
+    let gap = silence(&p)?;
     println!(
-        "kill -9 of the owner: {} of {} pings lost, a gap of about {gap:?}",
+        "kill -9 of the owner: {} of {} pings lost, longest silence {gap:?}",
         p.lost(),
         p.sent
     );
@@ -210,8 +215,17 @@ fn hand_over_and_back(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::
             report = c.node(at).ctl(&args)?;
             Ok(())
         })?;
-        println!("{what}: {report}; {} of {} pings lost", p.lost(), p.sent);
+        let gap = silence(&p)?;
+        println!(
+            "{what}: {report}; {} of {} pings lost, longest silence {gap:?}",
+            p.lost(),
+            p.sent
+        );
         ensure!(p.lost() <= 1, "{what} lost {} pings", p.lost());
+        ensure!(
+            gap < Duration::from_millis(50),
+            "{what}: traffic stopped for {gap:?}"
+        );
         let now = c.view(at)?["owners"][CONN].clone();
         ensure!(now == owner, "owner after the {what}: {now}");
         wait_for("the VIP to move", Duration::from_secs(2), || {

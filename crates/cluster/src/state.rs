@@ -47,14 +47,34 @@ pub struct NodeLease {
     pub renewals: u64,
 }
 
+/// The sequence numbers of one outbound SA that are spoken for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeqReservation {
+    /// The owner the latest block belongs to.
     pub node: NodeId,
-    /// Sequence numbers up to this one (inclusive) are spoken for.
+    /// The latest block, `from..=up_to`: reserved after every number anyone
+    /// else may have used. Empty (`from > up_to`) right after the tunnel
+    /// changed hands: the new owner's first block is the next one.
+    pub from: u64,
+    /// Every number up to this one (inclusive) is spoken for.
     pub up_to: u64,
 }
 
 impl ClusterState {
+    /// A tunnel changed hands: its SAs' latest blocks may be partly used by
+    /// the old owner, so the new owner's blocks start after them.
+    fn close_blocks(&mut self, tunnel: &str, owner: NodeId) {
+        for c in self.child_sas.values().filter(|c| c.connection == tunnel) {
+            if let Some(r) = self.seq_reservations.get_mut(&c.outbound_spi) {
+                *r = SeqReservation {
+                    node: owner,
+                    from: r.up_to + 1,
+                    up_to: r.up_to,
+                };
+            }
+        }
+    }
+
     pub fn apply(&mut self, change: &Change) {
         match change {
             Change::TunnelUpsert(cfg) => {
@@ -103,13 +123,17 @@ impl ClusterState {
                 // The first claim wins: every gateway proposes owners for its
                 // unowned tunnels, and a late duplicate must not undo a
                 // transfer committed in between.
-                self.owners.entry(tunnel.clone()).or_insert(*node);
+                if !self.owners.contains_key(tunnel) {
+                    self.owners.insert(tunnel.clone(), *node);
+                    self.close_blocks(tunnel, *node);
+                }
             }
             Change::OwnerTransferred { tunnel, from, to } => {
                 // Only the current owner can hand a tunnel over; a stale
                 // transfer (the tunnel moved meanwhile) changes nothing.
                 if self.owners.get(tunnel) == Some(from) {
                     self.owners.insert(tunnel.clone(), *to);
+                    self.close_blocks(tunnel, *to);
                 }
             }
             Change::SeqBlockReserved {
@@ -117,17 +141,28 @@ impl ClusterState {
                 node,
                 up_to,
             } => {
-                // Invariant 3: reservations only grow, whoever asks.
+                // Invariant 3: only the SA's owner reserves, and reservations
+                // only grow; a block starts after everything reserved before.
+                let owner = self
+                    .child_sas
+                    .values()
+                    .find(|c| c.outbound_spi == *outbound_spi)
+                    .and_then(|c| self.owners.get(&c.connection));
+                if owner != Some(node) {
+                    return;
+                }
                 let r = self
                     .seq_reservations
                     .entry(*outbound_spi)
                     .or_insert(SeqReservation {
                         node: *node,
+                        from: 1,
                         up_to: 0,
                     });
                 if *up_to > r.up_to {
                     *r = SeqReservation {
                         node: *node,
+                        from: r.up_to + 1,
                         up_to: *up_to,
                     };
                 }
@@ -177,18 +212,51 @@ mod tests {
     #[test]
     fn reservations_and_replay_marks_never_go_backwards() {
         let mut s = ClusterState::default();
+        s.apply(&Change::OwnerAssigned {
+            tunnel: "site-a".into(),
+            node: 1,
+        });
         s.apply(&Change::ChildSaInstalled(Box::new(child(1, 2))));
-        for (up_to, node) in [(1000, 1), (500, 2), (2000, 2)] {
+        let reserve = |s: &mut ClusterState, node, up_to| {
             s.apply(&Change::SeqBlockReserved {
                 outbound_spi: 2,
                 node,
                 up_to,
             });
-        }
+        };
+        reserve(&mut s, 1, 1000);
+        reserve(&mut s, 1, 500);
+        reserve(&mut s, 2, 5000);
+        assert_eq!(
+            s.seq_reservations[&2],
+            SeqReservation {
+                node: 1,
+                from: 1,
+                up_to: 1000
+            },
+            "never backwards, and never by a node that does not own the SA"
+        );
+        s.apply(&Change::OwnerTransferred {
+            tunnel: "site-a".into(),
+            from: 1,
+            to: 2,
+        });
         assert_eq!(
             s.seq_reservations[&2],
             SeqReservation {
                 node: 2,
+                from: 1001,
+                up_to: 1000
+            },
+            "the new owner starts after the old owner's block"
+        );
+        reserve(&mut s, 1, 9000);
+        reserve(&mut s, 2, 2000);
+        assert_eq!(
+            s.seq_reservations[&2],
+            SeqReservation {
+                node: 2,
+                from: 1001,
                 up_to: 2000
             }
         );

@@ -68,8 +68,8 @@ fn write_logs_err(e: impl std::error::Error + 'static) -> SError {
 /// What the state machine tells the gateway after applying.
 #[derive(Debug, Clone)]
 pub enum StateEvent {
-    /// One committed entry's changes, in log order.
-    Applied(Vec<Change>),
+    /// One committed entry's changes, in log order, with its log index.
+    Applied { index: u64, changes: Vec<Change> },
     /// A snapshot replaced the whole state: read it again.
     Reset,
 }
@@ -563,7 +563,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                     }
                     // The receiver may be gone (a witness); nothing to tell then.
-                    let _ = self.events.send(StateEvent::Applied(cmd.changes));
+                    let _ = self.events.send(StateEvent::Applied {
+                        index: entry.log_id.index,
+                        changes: cmd.changes,
+                    });
                 }
                 EntryPayload::Membership(m) => {
                     a.membership = StoredMembership::new(Some(entry.log_id), m);

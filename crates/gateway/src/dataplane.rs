@@ -58,6 +58,16 @@ impl Dataplane {
         let _ = self.sadb.set_seq_ceiling(outbound_spi, ceiling);
     }
 
+    /// Whether this node has the outbound half of an SA (installed or
+    /// waiting for its predecessor's deletion).
+    pub fn sends_on(&self, outbound_spi: u32) -> bool {
+        self.sadb.outbound_seq(outbound_spi).is_some()
+            || self
+                .pending_outbound
+                .values()
+                .any(|c| c.outbound_spi == outbound_spi)
+    }
+
     /// Outbound SAs that have used half their reservation, with the next
     /// reservation each needs (`block` more numbers).
     pub fn refills(&self, block: u64) -> Vec<(u32, u64)> {

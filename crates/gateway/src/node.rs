@@ -148,6 +148,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         vip.down(conn.ike.local_addr).await;
     }
     let cluster_mode = cluster.is_some();
+    // The last entry this node's log held at start: applying up to it
+    // replays history (see Node::take_over).
+    let cluster_replayed_to = cluster
+        .as_ref()
+        .and_then(|c| c.metrics().last_log_index)
+        .unwrap_or(0);
     let mut node = Node {
         id: config.cluster.as_ref().map_or(0, |c| c.id),
         commit: cluster.as_ref().map(|_| step_tx),
@@ -186,6 +192,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         natt_port: config.natt_port,
         lease: OwnLease::default(),
         lease_timing,
+        replayed_to: cluster_replayed_to,
         mode: config.cluster.as_ref().map(|c| c.mode).unwrap_or_default(),
         fenced: true,
         reserving: BTreeSet::new(),
@@ -394,6 +401,8 @@ struct Node {
     /// This node's lease (cluster mode): it sends nothing without one.
     lease: OwnLease,
     lease_timing: LeaseTiming,
+    /// The last log index this node had at start.
+    replayed_to: u64,
     mode: Mode,
     /// Last seen state of the lease, to log changes once.
     fenced: bool,
@@ -465,7 +474,7 @@ impl Node {
         if step.is_empty() && changes.is_empty() {
             return;
         }
-        let cmd = replication::command_for(self.id, changes, &step.events);
+        let cmd = replication::command_for(self.id, changes, &step.events, &self.owned);
         step.grants = cmd
             .changes
             .iter()
@@ -536,8 +545,14 @@ impl Node {
     /// Follows the replicated state: ownership, and hot-standby SAs of the
     /// tunnels other nodes own (this node's own SAs come from its endpoint).
     async fn follow(&mut self, event: StateEvent, now: Instant) {
+        // A snapshot or an entry this node had in its log at start is history
+        // being replayed, not a change happening now.
+        let mut live = false;
         let changes = match event {
-            StateEvent::Applied(changes) => changes,
+            StateEvent::Applied { index, changes } => {
+                live = index > self.replayed_to;
+                changes
+            }
             StateEvent::Reset => {
                 let Some(cluster) = &self.cluster else { return };
                 let state = cluster.state();
@@ -567,7 +582,7 @@ impl Node {
                     if node == self.id && self.dataplane.knows(&tunnel) {
                         if self.owned.insert(tunnel.clone()) {
                             tracing::info!(%tunnel, "this node owns the tunnel");
-                            self.take_over(&tunnel, now).await;
+                            self.take_over(&tunnel, now, live).await;
                         }
                     } else if self.owned.remove(&tunnel) {
                         tracing::info!(%tunnel, owner = node, "tunnel owned by another node");
@@ -630,7 +645,12 @@ impl Node {
                 up_to,
             } => {
                 self.reserving.remove(&outbound_spi);
-                self.dataplane.grant(outbound_spi, up_to);
+                // Not if the SA was handed over meanwhile: the state machine
+                // refused the reservation then, and a later takeover must
+                // start from the replicated reservations, not from this.
+                if self.dataplane.sends_on(outbound_spi) {
+                    self.dataplane.grant(outbound_spi, up_to);
+                }
             }
             Background::ReserveFailed(outbound_spi) => {
                 self.reserving.remove(&outbound_spi);
@@ -698,8 +718,11 @@ impl Node {
     /// Takes over `tunnel` from the replicated state: its IKE SAs (with their
     /// message IDs and cached responses), its child SAs (sequence numbers
     /// above every reservation, replay windows from the synced marks), then
-    /// its address. Outbound ESP waits for this node's own reservation.
-    async fn take_over(&mut self, tunnel: &str, now: Instant) {
+    /// its address. Outbound ESP uses the block a planned handover reserved
+    /// for this node with the transfer, if this node sees that happen `live`;
+    /// otherwise it waits for a reservation of its own. (Replaying its log
+    /// after a restart, a node cannot know which numbers it used before.)
+    async fn take_over(&mut self, tunnel: &str, now: Instant, live: bool) {
         let Some(cluster) = self.cluster.clone() else {
             return;
         };
@@ -719,10 +742,15 @@ impl Node {
                 .collect();
             for child in &children {
                 self.standby.remove(&child.inbound_spi);
-                let first = state
-                    .seq_reservations
-                    .get(&child.outbound_spi)
-                    .map_or(1, |r| r.up_to + 1);
+                let reserved = state.seq_reservations.get(&child.outbound_spi);
+                let granted = reserved
+                    .filter(|r| live && r.node == self.id && r.from <= r.up_to)
+                    .map(|r| r.up_to);
+                let first = match (reserved, granted) {
+                    (Some(r), Some(_)) => r.from,
+                    (Some(r), None) => r.up_to + 1,
+                    (None, _) => 1,
+                };
                 let mark = state
                     .replay_marks
                     .get(&child.inbound_spi)
@@ -730,8 +758,10 @@ impl Node {
                     .unwrap_or(0);
                 match self.dataplane.take_over(child, first, mark) {
                     Ok(()) => {
-                        tracing::info!(%tunnel, inbound = format_args!("{:08x}", child.inbound_spi), first_seq = first, replay_mark = mark, "child SA taken over");
-                        if self.reserving.insert(child.outbound_spi) {
+                        tracing::info!(%tunnel, inbound = format_args!("{:08x}", child.inbound_spi), first_seq = first, ?granted, replay_mark = mark, "child SA taken over");
+                        if let Some(up_to) = granted {
+                            self.dataplane.grant(child.outbound_spi, up_to);
+                        } else if self.reserving.insert(child.outbound_spi) {
                             replication::reserve(
                                 cluster.clone(),
                                 child.outbound_spi,

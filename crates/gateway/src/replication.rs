@@ -82,7 +82,14 @@ pub async fn start(node_name: &str, settings: &ClusterSettings) -> anyhow::Resul
 }
 
 /// The command that replicates one step's changes; empty if it changed no SA.
-pub fn command_for(node: NodeId, changes: Vec<IkeSaChange>, events: &[Event]) -> Command {
+/// Child SAs of tunnels this node `owned` come with their first block of
+/// sequence numbers; any other node may not send on them.
+pub fn command_for(
+    node: NodeId,
+    changes: Vec<IkeSaChange>,
+    events: &[Event],
+    owned: &BTreeSet<String>,
+) -> Command {
     let mut out: Vec<Change> = changes
         .into_iter()
         .map(|c| match c {
@@ -94,11 +101,13 @@ pub fn command_for(node: NodeId, changes: Vec<IkeSaChange>, events: &[Event]) ->
         match event {
             Event::ChildSaInstalled(child) => {
                 out.push(Change::ChildSaInstalled(Box::new(child.clone())));
-                out.push(Change::SeqBlockReserved {
-                    outbound_spi: child.outbound_spi,
-                    node,
-                    up_to: SEQ_BLOCK,
-                });
+                if owned.contains(&child.connection) {
+                    out.push(Change::SeqBlockReserved {
+                        outbound_spi: child.outbound_spi,
+                        node,
+                        up_to: SEQ_BLOCK,
+                    });
+                }
             }
             Event::ChildSaDeleted { inbound_spi, .. } => out.push(Change::ChildSaDeleted {
                 inbound_spi: *inbound_spi,
@@ -301,6 +310,20 @@ pub fn handover(
                         from,
                         to,
                     });
+                    // The new owner's first block comes with the transfer, so
+                    // it sends as soon as it applies it: no second commit in
+                    // the gap.
+                    for child in state.child_sas.values().filter(|c| c.connection == tunnel) {
+                        let reserved = state
+                            .seq_reservations
+                            .get(&child.outbound_spi)
+                            .map_or(0, |r| r.up_to);
+                        changes.push(Change::SeqBlockReserved {
+                            outbound_spi: child.outbound_spi,
+                            node: to,
+                            up_to: reserved + SEQ_BLOCK,
+                        });
+                    }
                     moved.push(serde_json::json!({"tunnel": tunnel, "from": from, "to": to}));
                 }
             }
