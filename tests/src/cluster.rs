@@ -145,6 +145,14 @@ impl Cluster {
         t.kill9()
     }
 
+    /// A crash under a service manager: `kill -9`, then what the manager
+    /// runs after any exit (deploy/systemd: ExecStopPost = tandemd release).
+    pub fn crash(&mut self, ns: &Netns, id: u64) -> anyhow::Result<()> {
+        let mut t = self.running.remove(&id).context("not running")?;
+        t.kill9()?;
+        t.release(ns)
+    }
+
     pub fn node(&self, id: u64) -> &Tandemd {
         &self.running[&id]
     }

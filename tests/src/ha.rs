@@ -1,8 +1,9 @@
 //! A highly available site: the customer's device (strongSwan) and several
 //! gateway nodes, each node in its own namespace, all on one outer segment
 //! (a bridge in the peer's namespace). The tunnel's address (the VIP) moves
-//! between the nodes by netlink and gratuitous ARP; each node also has its
-//! own address on the segment, which the cluster uses.
+//! between the nodes by netlink and gratuitous ARP. The nodes talk Raft on a
+//! second segment of their own (another bridge), so a test can cut a node's
+//! cluster link and leave its outer link up.
 
 use std::process::Command;
 
@@ -15,8 +16,10 @@ pub struct HaSite {
     // Field order is drop order: namespaces before the directory with logs.
     pub peer: Netns,
     pub nodes: Vec<Netns>,
-    /// Each node's interface on the segment (inside its namespace).
+    /// Each node's interface on the outer segment (inside its namespace).
     pub node_ifs: Vec<String>,
+    /// Each node's interface on the cluster segment.
+    pub cluster_ifs: Vec<String>,
     pub dir: TempDir,
 }
 
@@ -24,9 +27,17 @@ impl HaSite {
     /// The tunnel's address, on whichever node owns it.
     pub const VIP: &str = SiteToSite::GW_OUTER;
 
-    /// Node `i`'s (1-based) own address on the segment.
-    pub fn node_addr(i: usize) -> String {
-        format!("192.0.2.{}", 10 + i)
+    /// Node `i`'s (1-based) address on the cluster segment.
+    pub fn cluster_addr(i: usize) -> String {
+        format!("198.51.100.{}", 10 + i)
+    }
+
+    /// Takes node `i`'s cluster link down (`up` false) or back up.
+    pub fn cluster_link(&self, i: usize, up: bool) -> anyhow::Result<()> {
+        let state = if up { "up" } else { "down" };
+        self.nodes[i - 1]
+            .run(&["ip", "link", "set", &self.cluster_ifs[i - 1], state])
+            .map(drop)
     }
 
     pub fn new(nodes: usize) -> anyhow::Result<HaSite> {
@@ -43,48 +54,56 @@ impl HaSite {
             "br0",
         ])?;
         peer.run(&["ip", "link", "set", "br0", "up"])?;
+        // The cluster segment: a bridge with no address of the peer's on it.
+        peer.run(&["ip", "link", "add", "cl0", "type", "bridge"])?;
+        peer.run(&["ip", "link", "set", "cl0", "up"])?;
         let mut site = HaSite {
             peer,
             nodes: Vec::new(),
             node_ifs: Vec::new(),
+            cluster_ifs: Vec::new(),
             dir,
         };
         setup_host(&site.peer, "br0", SiteToSite::PEER_INNER)?;
         for i in 1..=nodes {
             let ns = Netns::new()?;
-            // Created in the root namespace first: names unique there too.
-            let n = unique("");
-            let (node_if, port) = (format!("hn{n}"), format!("hb{n}"));
-            run_output(Command::new("ip").args([
-                "link",
-                "add",
-                &node_if,
-                "netns",
-                ns.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                site.peer.name(),
-            ]))?;
-            site.peer
-                .run(&["ip", "link", "set", &port, "master", "br0", "up"])?;
-            ns.run(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/24", Self::node_addr(i)),
-                "dev",
-                &node_if,
-            ])?;
-            ns.run(&["ip", "link", "set", &node_if, "up"])?;
+            let node_if = site.plug(&ns, "br0", None)?;
+            let cluster_if = site.plug(&ns, "cl0", Some(&Self::cluster_addr(i)))?;
             setup_host(&ns, &node_if, SiteToSite::GW_INNER)?;
             site.nodes.push(ns);
             site.node_ifs.push(node_if);
+            site.cluster_ifs.push(cluster_if);
         }
         Ok(site)
+    }
+
+    /// Connects `ns` to `bridge` (in the peer's namespace) with a veth pair,
+    /// `addr`/24 on its end; returns the interface name in `ns`.
+    fn plug(&self, ns: &Netns, bridge: &str, addr: Option<&str>) -> anyhow::Result<String> {
+        // Created in the root namespace first: names unique there too.
+        let n = unique("");
+        let (inside, port) = (format!("h{n}"), format!("p{n}"));
+        run_output(Command::new("ip").args([
+            "link",
+            "add",
+            &inside,
+            "netns",
+            ns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            self.peer.name(),
+        ]))?;
+        self.peer
+            .run(&["ip", "link", "set", &port, "master", bridge, "up"])?;
+        if let Some(addr) = addr {
+            ns.run(&["ip", "addr", "add", &format!("{addr}/24"), "dev", &inside])?;
+        }
+        ns.run(&["ip", "link", "set", &inside, "up"])?;
+        Ok(inside)
     }
 
     /// The peer's side of the tunnel to the VIP (long lifetimes, no DPD).

@@ -965,6 +965,7 @@ pub struct Tandemd {
     proc: Proc,
     socket: PathBuf,
     log: PathBuf,
+    config: PathBuf,
 }
 
 impl Tandemd {
@@ -1019,7 +1020,12 @@ impl Tandemd {
             ],
             &log,
         )?;
-        let mut tandemd = Tandemd { proc, socket, log };
+        let mut tandemd = Tandemd {
+            proc,
+            socket,
+            log,
+            config: config.clone(),
+        };
         wait_for("tandemd ready", Duration::from_secs(10), || {
             if let Some(status) = tandemd.proc.exited() {
                 // Most likely the config: show it with tandemd's complaint.
@@ -1050,6 +1056,19 @@ impl Tandemd {
         run_output(Command::new("kill").args(["-KILL", &self.pid().to_string()]))?;
         self.proc.wait(Duration::from_secs(5))?;
         Ok(())
+    }
+
+    /// What a service manager does after the daemon died, however it died
+    /// (deploy/systemd: ExecStopPost): `tandemd release` in its namespace.
+    pub fn release(&self, ns: &Netns) -> anyhow::Result<()> {
+        let bin = Self::binary()?;
+        ns.run(&[
+            &bin.to_string_lossy(),
+            "release",
+            "--config",
+            &self.config.to_string_lossy(),
+        ])
+        .map(drop)
     }
 
     /// `tandemd ARGS...` (the binary beside the tests), for `cert` and friends.
@@ -1171,6 +1190,81 @@ impl BackgroundPing {
         self.proc.wait(timeout)?;
         parse_ping(&std::fs::read_to_string(&self.log)?)
     }
+}
+
+/// tcpdump on an interface of a namespace, for what went over the wire.
+#[derive(Debug)]
+pub struct Capture {
+    proc: Proc,
+    log: PathBuf,
+}
+
+/// One ESP-in-UDP packet seen by a [`Capture`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EspSeen {
+    /// Capture time in microseconds.
+    pub micros: u64,
+    /// Ethernet source: which machine sent it.
+    pub mac: String,
+    /// `address.port` it came from.
+    pub from: String,
+    pub spi: u32,
+    pub seq: u32,
+}
+
+impl Capture {
+    /// Captures UDP 4500 on `iface` in `ns`, line by line into `dir`.
+    pub fn start(ns: &Netns, iface: &str, dir: &Path) -> anyhow::Result<Capture> {
+        let log = dir.join(unique("capture-"));
+        let proc = ns.spawn(
+            &[
+                "tcpdump", "-i", iface, "-e", "-n", "-tt", "-l", "udp", "port", "4500",
+            ],
+            &log,
+        )?;
+        let capture = Capture { proc, log };
+        wait_for("tcpdump to listen", Duration::from_secs(5), || {
+            Ok(std::fs::read_to_string(&capture.log)
+                .unwrap_or_default()
+                .contains("listening on")
+                .then_some(()))
+        })?;
+        Ok(capture)
+    }
+
+    /// Stops the capture and returns the ESP packets it saw, in order.
+    pub fn stop(self) -> anyhow::Result<Vec<EspSeen>> {
+        let log = self.log.clone();
+        drop(self.proc);
+        Ok(parse_capture(&std::fs::read_to_string(&log)?))
+    }
+}
+
+/// tcpdump -e -n -tt lines such as
+/// `1763890000.123456 02:00:00:00:00:01 > 02:00:00:00:00:02, ethertype IPv4
+/// (0x0800), length 170: 192.0.2.1.4500 > 192.0.2.2.4500: UDP-encap:
+/// ESP(spi=0x9c1a2b3c,seq=0x1a), length 128`.
+fn parse_capture(text: &str) -> Vec<EspSeen> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let time = words.next()?;
+            let mac = words.next()?.to_owned();
+            let (secs, frac) = time.split_once('.')?;
+            let micros = secs.parse::<u64>().ok()? * 1_000_000 + frac.parse::<u64>().ok()?;
+            let from = line.split(": ").nth(1)?.split(" > ").next()?.to_owned();
+            let esp = line.split("ESP(spi=0x").nth(1)?;
+            let (spi, rest) = esp.split_once(",seq=0x")?;
+            let seq = rest.split(')').next()?;
+            Some(EspSeen {
+                micros,
+                mac,
+                from,
+                spi: u32::from_str_radix(spi, 16).ok()?,
+                seq: u32::from_str_radix(seq, 16).ok()?,
+            })
+        })
+        .collect()
 }
 
 fn parse_ping(text: &str) -> anyhow::Result<PingStats> {
@@ -1318,6 +1412,25 @@ site-a: #3, ESTABLISHED, IKEv2, 0123456789abcdef_i* fedcba9876543210_r
         assert_eq!(
             (sa.children[1].unique_id, sa.children[1].spi_in.as_str()),
             (13, "c2234567")
+        );
+    }
+
+    #[test]
+    fn parses_tcpdump_esp_lines() {
+        let seen = parse_capture(
+            "listening on br0, link-type EN10MB (Ethernet), snapshot length 262144 bytes\n\
+             1763890000.123456 02:00:00:00:00:01 > 02:00:00:00:00:02, ethertype IPv4 (0x0800), length 170: 192.0.2.1.4500 > 192.0.2.2.4500: UDP-encap: ESP(spi=0x9c1a2b3c,seq=0x1a), length 128\n\
+             1763890000.200000 02:00:00:00:00:02 > 02:00:00:00:00:01, ethertype IPv4 (0x0800), length 110: 192.0.2.2.4500 > 192.0.2.1.4500: NONESP-encap: isakmp: child_sa  inf2\n",
+        );
+        assert_eq!(
+            seen,
+            [EspSeen {
+                micros: 1_763_890_000_123_456,
+                mac: "02:00:00:00:00:01".into(),
+                from: "192.0.2.1.4500".into(),
+                spi: 0x9c1a_2b3c,
+                seq: 0x1a,
+            }]
         );
     }
 

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use openraft::error::{
-    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
-    Unreachable,
+    ChangeMembershipError, ClientWriteError, InstallSnapshotError, NetworkError, RPCError,
+    RaftError, RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -179,6 +179,9 @@ pub(crate) struct ForwardFailure {
     /// Not the leader: who is, if known. Worth asking again (there, or here
     /// once an election settles).
     pub not_leader: Option<Option<(NodeId, Member)>>,
+    /// A membership change is still committing (right after a bootstrap,
+    /// say): worth asking the same leader again shortly.
+    pub busy: bool,
     pub message: String,
 }
 
@@ -190,8 +193,15 @@ impl ForwardFailure {
             }
             _ => None,
         };
+        let busy = matches!(
+            &e,
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_)
+            ))
+        );
         Self {
             not_leader,
+            busy,
             message: e.to_string(),
         }
     }
@@ -249,6 +259,7 @@ async fn await_learner(raft: &Raft, id: NodeId, member: &Member) -> Result<(), F
         .await;
     Err(ForwardFailure {
         not_leader: None,
+        busy: false,
         message: format!(
             "member {id} ({member}) did not catch up within {LEARNER_CATCH_UP:?}: unreachable, or its certificate is not signed by this cluster's CA; {}",
             match removed {

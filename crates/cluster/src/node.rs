@@ -305,6 +305,12 @@ impl Cluster {
                     Err(f) => f,
                 };
                 match failure.not_leader {
+                    None if failure.busy => {
+                        last = ClusterError::Refused {
+                            leader: format!("node {}", self.id),
+                            message: failure.message,
+                        };
+                    }
                     None => {
                         return Err(ClusterError::Refused {
                             leader: format!("node {}", self.id),
@@ -361,7 +367,7 @@ impl Cluster {
                         leader: member.to_string(),
                         message: f.message,
                     };
-                    if f.not_leader.is_some() {
+                    if f.not_leader.is_some() || f.busy {
                         Retry::Yes(e)
                     } else {
                         Retry::No(e)

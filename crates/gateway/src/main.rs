@@ -42,6 +42,14 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Give up this node's tunnel addresses (VIPs). For the service manager
+    /// to run after tandemd exits, however it exited (systemd ExecStopPost):
+    /// a crashed process cannot remove them itself, and a VIP left on a live
+    /// host contests the new owner's.
+    Release {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Create the cluster's PKI: a CA, node certificates, the storage key.
     Cert {
         #[command(subcommand)]
@@ -90,6 +98,9 @@ fn main() -> std::process::ExitCode {
             })
             .map_err(Into::into),
         Cmd::Cert { action } => cert(action),
+        Cmd::Release { config } => config::Config::load(&config)
+            .map_err(Into::into)
+            .and_then(|c| runtime().and_then(|rt| rt.block_on(node::release_vips(&c)))),
         Cmd::Ctl { socket, command } => runtime().and_then(|rt| {
             rt.block_on(control::call(&socket, &command.join(" ")))
                 .map(|reply| println!("{reply}"))

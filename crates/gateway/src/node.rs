@@ -144,9 +144,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // A node starts owning nothing: addresses left behind by a crash of this
     // process would contest the real owner's.
-    for conn in &config.connections {
-        vip.down(conn.ike.local_addr).await;
-    }
+    release(&vip, &config).await;
     let cluster_mode = cluster.is_some();
     // The last entry this node's log held at start: applying up to it
     // replays history (see Node::take_over).
@@ -259,6 +257,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("tandemd stopping");
     Ok(())
+}
+
+/// Removes this node's tunnel addresses (`tandemd release`).
+pub async fn release_vips(config: &Config) -> anyhow::Result<()> {
+    let Some(settings) = &config.cluster else {
+        return Ok(());
+    };
+    release(
+        &VipMover::new(&settings.vip, &config.node_name).await?,
+        config,
+    )
+    .await;
+    Ok(())
+}
+
+async fn release(vip: &VipMover, config: &Config) {
+    for conn in &config.connections {
+        vip.down(conn.ike.local_addr).await;
+    }
 }
 
 /// A witness: a Raft voter with no dataplane. It serves only status and
@@ -575,10 +592,17 @@ impl Node {
         };
         for change in changes {
             match change {
-                Change::OwnerAssigned { tunnel, node }
-                | Change::OwnerTransferred {
-                    tunnel, to: node, ..
-                } => {
+                Change::OwnerAssigned { tunnel, .. } | Change::OwnerTransferred { tunnel, .. } => {
+                    // What the state machine made of it: a stale transfer (one
+                    // a partitioned ex-leader proposed, forwarded after the
+                    // partition healed) changes nothing there, nor here.
+                    let Some(node) = self
+                        .cluster
+                        .as_ref()
+                        .and_then(|c| c.state().owners.get(&tunnel).copied())
+                    else {
+                        continue;
+                    };
                     if node == self.id && self.dataplane.knows(&tunnel) {
                         if self.owned.insert(tunnel.clone()) {
                             tracing::info!(%tunnel, "this node owns the tunnel");

@@ -157,8 +157,19 @@ pub async fn manage_owners(
     mode: Mode,
     lease: LeaseTiming,
 ) {
+    // Renewals stall while the cluster elects, so right after an election
+    // every gateway's lease looks lapsed to the new leader; it judges only
+    // once live gateways have had time to renew through it.
+    let mut leader_since: Option<Instant> = None;
     loop {
-        tokio::time::sleep(lease.renew_every).await;
+        // Twice per renewal period: a lapsed lease is acted on within ~40 ms.
+        tokio::time::sleep(lease.renew_every / 2).await;
+        let leading = cluster.metrics().current_leader == Some(cluster.id());
+        leader_since = match (leading, leader_since) {
+            (true, Some(t)) => Some(t),
+            (true, None) => Some(Instant::now()),
+            (false, _) => None,
+        };
         let state = cluster.state();
         let gateways: BTreeSet<NodeId> = cluster
             .members()
@@ -167,7 +178,7 @@ pub async fn manage_owners(
             .map(|(id, _)| id)
             .collect();
         let mut changes = ownership::assign_unowned(mode, &state, &configured, &gateways);
-        if cluster.metrics().current_leader == Some(cluster.id()) {
+        if leader_since.is_some_and(|t| t.elapsed() >= lease.renew_every * 2) {
             let now = Instant::now();
             let watch = cluster.lease_watch();
             let live: BTreeSet<NodeId> = gateways

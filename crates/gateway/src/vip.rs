@@ -16,11 +16,14 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use crate::config::Vip;
 
 /// When gratuitous ARPs go out after an address moves: at once, then again
-/// in case the first crossed a neighbour's own probe.
-const GARP_AT: [Duration; 3] = [
+/// in case the first crossed a neighbour's own probe, and once more after a
+/// second, past Linux's neighbour `locktime` (1 s), which ignores an update
+/// that comes too soon after another.
+const GARP_AT: [Duration; 4] = [
     Duration::ZERO,
     Duration::from_millis(50),
     Duration::from_millis(250),
+    Duration::from_millis(1100),
 ];
 
 #[derive(Debug)]
