@@ -214,6 +214,19 @@ impl Cluster {
         )
     }
 
+    /// Waits until member `id` has applied everything a `probe` report
+    /// (from member `from`) committed.
+    pub fn wait_report(
+        &self,
+        id: u64,
+        from: u64,
+        report: &serde_json::Value,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let last = report["last_seq"].as_u64().context("last_seq")?;
+        self.wait_probes(id, from, last, timeout)
+    }
+
     /// Every running member's applied state, as `ctl status` shows it, must be
     /// the same (members, owners, SAs, probes).
     pub fn check_same_state(&self) -> anyhow::Result<()> {

@@ -9,7 +9,9 @@ use std::process::Command;
 
 use anyhow::Context as _;
 
-use crate::{Netns, SiteToSite, TempDir, Tunnel, require_environment, run_output, unique};
+use crate::{
+    Netns, SiteToSite, TempDir, Tunnel, inner_host, require_environment, run_output, unique,
+};
 
 #[derive(Debug)]
 pub struct HaSite {
@@ -64,12 +66,12 @@ impl HaSite {
             cluster_ifs: Vec::new(),
             dir,
         };
-        setup_host(&site.peer, "br0", SiteToSite::PEER_INNER)?;
+        inner_host(&site.peer, "br0", SiteToSite::PEER_INNER)?;
         for i in 1..=nodes {
             let ns = Netns::new()?;
             let node_if = site.plug(&ns, "br0", None)?;
             let cluster_if = site.plug(&ns, "cl0", Some(&Self::cluster_addr(i)))?;
-            setup_host(&ns, &node_if, SiteToSite::GW_INNER)?;
+            inner_host(&ns, &node_if, SiteToSite::GW_INNER)?;
             site.nodes.push(ns);
             site.node_ifs.push(node_if);
             site.cluster_ifs.push(cluster_if);
@@ -137,19 +139,4 @@ impl HaSite {
         }
         Ok(out)
     }
-}
-
-/// The inner address on loopback, forwarding on, reverse-path filtering off
-/// (decrypted packets arrive on a TUN device with a source routed elsewhere).
-fn setup_host(ns: &Netns, dev: &str, inner: &str) -> anyhow::Result<()> {
-    ns.run(&["ip", "addr", "add", &format!("{inner}/16"), "dev", "lo"])?;
-    for conf in ["all", "default", dev] {
-        ns.run(&[
-            "sysctl",
-            "-qw",
-            &format!("net.ipv4.conf.{conf}.rp_filter=0"),
-        ])?;
-    }
-    ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-    Ok(())
 }

@@ -333,17 +333,7 @@ impl SiteToSite {
         ] {
             ns.run(&["ip", "addr", "add", &format!("{outer}/24"), "dev", dev])?;
             ns.run(&["ip", "link", "set", dev, "up"])?;
-            ns.run(&["ip", "addr", "add", &format!("{inner}/16"), "dev", "lo"])?;
-            // Decrypted packets arrive on a TUN device with a source the kernel
-            // would route elsewhere: strict reverse-path filtering drops them.
-            for conf in ["all", "default", dev.as_str()] {
-                ns.run(&[
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv4.conf.{conf}.rp_filter=0"),
-                ])?;
-            }
-            ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            inner_host(ns, dev, inner)?;
         }
         Ok(SiteToSite {
             peer,
@@ -379,6 +369,22 @@ impl SiteToSite {
         // `ip netns exec` mounts the namespace's own /sys.
         Ok(self.gw.run(&["cat", &path])?.trim().parse()?)
     }
+}
+
+/// The inner address on loopback, forwarding on, reverse-path filtering off
+/// on `dev`: decrypted packets arrive on a TUN device with a source the
+/// kernel would route elsewhere, and strict filtering drops them.
+fn inner_host(ns: &Netns, dev: &str, inner: &str) -> anyhow::Result<()> {
+    ns.run(&["ip", "addr", "add", &format!("{inner}/16"), "dev", "lo"])?;
+    for conf in ["all", "default", dev] {
+        ns.run(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{conf}.rp_filter=0"),
+        ])?;
+    }
+    ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    Ok(())
 }
 
 /// One side of a tunnel, rendered as swanctl.conf for strongSwan or as a

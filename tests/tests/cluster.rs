@@ -40,12 +40,7 @@ fn quorum_writes_survive_kill9_of_any_member_and_a_restart_catches_up() -> anyho
         committed += 50;
         println!("member {victim} killed; leader now {leader}; 50 more commits: {report}");
         c.start(&host.ns, victim, None)?;
-        c.wait_probes(
-            victim,
-            writer,
-            report["last_seq"].as_u64().context("last_seq")?,
-            CATCH_UP,
-        )?;
+        c.wait_report(victim, writer, &report, CATCH_UP)?;
     }
     let total: u64 = (1..=3)
         .map(|id| {
@@ -168,12 +163,7 @@ fn two_gateways_and_a_witness_keep_committing_when_a_gateway_dies() -> anyhow::R
         let report = c.probe(writer, 50, 4, 0)?;
         println!("gateway {victim} killed; commits via gateway {writer}: {report}");
         c.start(&host.ns, victim, None)?;
-        c.wait_probes(
-            victim,
-            writer,
-            report["last_seq"].as_u64().context("last_seq")?,
-            CATCH_UP,
-        )?;
+        c.wait_report(victim, writer, &report, CATCH_UP)?;
     }
     // The witness holds the state too (it votes), but has no dataplane.
     let w = c.view(3)?;

@@ -1,10 +1,12 @@
 //! The inner side of the gateway: a TUN device carrying cleartext IP packets, and
-//! kernel routes that send each tunnel's remote prefixes into it.
+//! kernel routes that send each tunnel's remote prefixes into it (and the
+//! netlink link lookup the VIP mover shares).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context as _;
 use futures::TryStreamExt as _;
+use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 use tun_rs::{AsyncDevice, DeviceBuilder};
 
@@ -17,6 +19,23 @@ pub fn open(name: &str, mtu: u16) -> anyhow::Result<AsyncDevice> {
         .with_context(|| format!("cannot create TUN device {name} (needs CAP_NET_ADMIN)"))
 }
 
+/// A netlink handle (its connection running) and the link called `name`.
+pub async fn link(name: &str) -> anyhow::Result<(rtnetlink::Handle, LinkMessage)> {
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("cannot open a netlink socket")?;
+    tokio::spawn(connection);
+    let link = handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+        .with_context(|| format!("cannot look up link {name}"))?
+        .with_context(|| format!("link {name} not found"))?;
+    Ok((handle, link))
+}
+
 /// Routes inner prefixes into the TUN device through rtnetlink.
 #[derive(Debug)]
 pub struct Routes {
@@ -26,18 +45,7 @@ pub struct Routes {
 
 impl Routes {
     pub async fn new(tun_name: &str) -> anyhow::Result<Routes> {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().context("cannot open a netlink socket")?;
-        tokio::spawn(connection);
-        let link = handle
-            .link()
-            .get()
-            .match_name(tun_name.to_owned())
-            .execute()
-            .try_next()
-            .await
-            .with_context(|| format!("cannot look up link {tun_name}"))?
-            .with_context(|| format!("link {tun_name} not found"))?;
+        let (handle, link) = link(tun_name).await?;
         let ifindex = link.header.index;
         // tun-rs brings the device up; make sure even if it was pre-created down.
         handle

@@ -54,18 +54,9 @@ impl VipMover {
                 interface,
                 prefix_len,
             } => {
-                let (connection, handle, _) =
-                    rtnetlink::new_connection().context("cannot open a netlink socket")?;
-                tokio::spawn(connection);
-                let link = handle
-                    .link()
-                    .get()
-                    .match_name(interface.clone())
-                    .execute()
-                    .try_next()
+                let (handle, link) = crate::tun::link(interface)
                     .await
-                    .with_context(|| format!("cannot look up VIP interface {interface}"))?
-                    .with_context(|| format!("VIP interface {interface} not found"))?;
+                    .context("the VIP interface")?;
                 let mac = link
                     .attributes
                     .iter()
