@@ -8,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure().compile_with_config(
         config,
-        &["../../proto/raft.proto"],
+        &["../../proto/raft.proto", "../../proto/admin.proto"],
         &["../../proto"],
     )?;
     Ok(())

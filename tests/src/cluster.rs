@@ -48,6 +48,8 @@ impl Cluster {
         let pki = dir.join("pki");
         let pki_s = pki.to_string_lossy().into_owned();
         Tandemd::tool(&["cert", "init", "--dir", &pki_s])?;
+        // The operators' certificate, for tandemctl.
+        Tandemd::tool(&["cert", "issue", "--dir", &pki_s, "operator"])?;
         let mut members = BTreeMap::new();
         for id in 1..=gateways + witnesses {
             let witness = id > gateways;
@@ -89,8 +91,9 @@ impl Cluster {
     pub fn cluster_conf(&self, id: u64) -> String {
         let me = &self.members[&id];
         let mut out = format!(
-            "\n[cluster]\nid = {id}\nlisten = \"{addr}:{port}\"\ndata_dir = \"{data}\"\npki_dir = \"{pki}\"\nrole = \"{role}\"\nsnapshot_every = {snap}\n{extra}",
+            "\n[cluster]\nid = {id}\nlisten = \"{addr}:{port}\"\nadmin_listen = \"{addr}:{admin}\"\ndata_dir = \"{data}\"\npki_dir = \"{pki}\"\nrole = \"{role}\"\nsnapshot_every = {snap}\n{extra}",
             addr = me.addr,
+            admin = Self::admin_port(id),
             extra = me.extra,
             port = me.raft_port,
             data = me.data_dir.display(),
@@ -138,6 +141,30 @@ impl Cluster {
             .with_context(|| format!("starting member {id}"))?;
         self.running.insert(id, tandemd);
         Ok(())
+    }
+
+    fn admin_port(id: u64) -> u16 {
+        7500 + id as u16
+    }
+
+    /// `tandemctl ARGS...` against member `id`'s admin API, run in `ns`
+    /// (where that API is reachable), as the operator.
+    pub fn tandemctl(&self, ns: &Netns, id: u64, args: &[&str]) -> anyhow::Result<String> {
+        let me = &self.members[&id];
+        let endpoint = format!("{}:{}", me.addr, Self::admin_port(id));
+        let pki = self.pki.to_string_lossy();
+        let bin = Tandemd::sibling("tandemctl")?;
+        let mut all = vec![
+            bin.to_str().context("binary path")?,
+            "--endpoint",
+            &endpoint,
+            "--server-name",
+            &me.name,
+            "--pki",
+            &pki,
+        ];
+        all.extend(args);
+        ns.run(&all)
     }
 
     pub fn kill9(&mut self, id: u64) -> anyhow::Result<()> {

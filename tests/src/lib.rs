@@ -979,15 +979,20 @@ impl Tandemd {
     /// (target/<profile>/deps/<test> -> target/<profile>/tandemd) or a bench
     /// binary's (target/<profile>/<bin>).
     fn binary() -> anyhow::Result<PathBuf> {
+        Self::sibling("tandemd")
+    }
+
+    /// A workspace binary (`tandemd`, `tandemctl`) built beside this one.
+    pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
         let exe = std::env::current_exe()?;
         let dir = exe.parent().context("cannot locate the target directory")?;
         let bin = [dir, dir.parent().unwrap_or(dir)]
             .into_iter()
-            .map(|d| d.join("tandemd"))
+            .map(|d| d.join(name))
             .find(|b| b.exists());
         bin.with_context(|| {
             format!(
-                "tandemd not found beside {}: run `cargo build -p tandem-gateway` first (tests/run does)",
+                "{name} not found beside {}: run `cargo build --workspace --bins` first (tests/run does)",
                 exe.display()
             )
         })

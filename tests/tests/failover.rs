@@ -216,13 +216,19 @@ fn kill_the_owner(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::Resu
 /// each may lose at most one ping.
 fn hand_over_and_back(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::Result<()> {
     let before = peer.wait_established()?;
-    for (what, at, args, owner) in [
-        ("handover to gateway 2", 1, vec!["handover", CONN, "2"], 2),
-        ("drain of gateway 2", 3, vec!["drain", "2"], 1),
+    // The handover through the local control socket, the drain through the
+    // admin gRPC API (tandemctl, from gateway 3's namespace).
+    for (what, at, owner) in [
+        ("handover to gateway 2", 1, 2),
+        ("drain of gateway 2", 3, 1),
     ] {
         let mut report = String::new();
         let p = pings_around(site, || {
-            report = c.node(at).ctl(&args)?;
+            report = if at == 1 {
+                c.node(at).ctl(&["handover", CONN, "2"])?
+            } else {
+                c.tandemctl(&site.nodes[2], at, &["drain", "2"])?
+            };
             Ok(())
         })?;
         let gap = silence(&p)?;
@@ -242,6 +248,15 @@ fn hand_over_and_back(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::
             Ok((site.vip_holders()? == [owner as usize]).then_some(()))
         })?;
     }
+    let status = c.tandemctl(&site.nodes[2], 3, &["status"])?;
+    println!("tandemctl status:\n{status}");
+    ensure!(
+        status.contains("gw1") && status.contains(CONN) && status.contains("ms"),
+        "tandemctl status shows no members, lease ages or owners:\n{status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&c.tandemctl(&site.nodes[2], 3, &["status", "--json"])?)?;
+    ensure!(json["owners"][CONN] == 1, "tandemctl status --json: {json}");
     same_sa_and_rekeys_work(site, peer, &before)
 }
 

@@ -69,6 +69,8 @@ pub struct ClusterSettings {
     pub lease: tandem_cluster::lease::LeaseTiming,
     /// How a new owner takes over the tunnels' addresses.
     pub vip: Vip,
+    /// Where the operators' gRPC API listens, if anywhere.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// How the tunnels' local addresses (VIPs) move to their owner.
@@ -162,6 +164,7 @@ struct RawCluster {
     vip_interface: Option<String>,
     vip_prefix_len: Option<u8>,
     vip_hook: Option<PathBuf>,
+    admin_listen: Option<String>,
     #[serde(rename = "member")]
     members: Vec<RawMember>,
 }
@@ -273,8 +276,18 @@ impl RawCluster {
             (None, Some(hook)) => Vip::Hook(base.join(hook)),
             (None, None) => Vip::None,
         };
+        let admin_listen = match &self.admin_listen {
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                err(
+                    "cluster.admin_listen",
+                    format!("{a:?} is not an address like 10.0.0.1:7500"),
+                )
+            })?),
+            None => None,
+        };
         Ok(ClusterSettings {
             id: self.id,
+            admin_listen,
             mode: self.mode,
             lease,
             vip,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod admin;
 mod config;
 mod control;
 mod dataplane;

@@ -106,6 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(read_tun(tun_dev.clone(), input_tx.clone()));
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Request>(16);
+    serve_admin(&config, cluster.as_ref(), &ctl_tx).await?;
     control::serve(&config.control_socket, ctl_tx)?;
 
     // Steps go through the commit worker in cluster mode, in order; standalone
@@ -259,6 +260,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the admin gRPC API if `[cluster] admin_listen` asks for it; its
+/// commands reach the main loop as the control socket's do.
+async fn serve_admin(
+    config: &Config,
+    cluster: Option<&Arc<Cluster>>,
+    commands: &mpsc::Sender<Request>,
+) -> anyhow::Result<()> {
+    let (Some(cluster), Some(settings)) = (cluster, &config.cluster) else {
+        return Ok(());
+    };
+    let Some(addr) = settings.admin_listen else {
+        return Ok(());
+    };
+    let tls = tandem_cluster::tls::NodeTls::from_dir(&settings.pki_dir, &config.node_name)?;
+    crate::admin::serve(addr, &tls, cluster.clone(), commands.clone()).await
+}
+
 /// Removes this node's tunnel addresses (`tandemd release`).
 pub async fn release_vips(config: &Config) -> anyhow::Result<()> {
     let Some(settings) = &config.cluster else {
@@ -282,6 +300,7 @@ async fn release(vip: &VipMover, config: &Config) {
 /// membership commands on its control socket.
 async fn run_witness(config: &Config, cluster: std::sync::Arc<Cluster>) -> anyhow::Result<()> {
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Request>(16);
+    serve_admin(config, Some(&cluster), &ctl_tx).await?;
     control::serve(&config.control_socket, ctl_tx)?;
     let timing = config
         .cluster

@@ -5,3 +5,8 @@ pub mod raft {
     #![allow(missing_debug_implementations, clippy::all)]
     tonic::include_proto!("tandem.raft.v1");
 }
+
+pub mod admin {
+    #![allow(missing_debug_implementations, clippy::all)]
+    tonic::include_proto!("tandem.admin.v1");
+}

@@ -1,0 +1,217 @@
+//! `tandemctl`: the operators' CLI over the admin gRPC API (proto/admin.proto)
+//! that every cluster member serves on `[cluster] admin_listen`. It speaks
+//! mutual TLS with a certificate from the cluster CA, e.g. one issued with
+//! `tandemd cert issue --dir PKI operator`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tandem_rpc::admin::admin_client::AdminClient;
+use tandem_rpc::admin::{DrainRequest, HandoverRequest, StatusReply, StatusRequest};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+#[derive(Parser)]
+#[command(name = "tandemctl", version, about = "Operate a Tandem cluster")]
+struct Cli {
+    /// A member's admin API, HOST:PORT.
+    #[arg(long, short)]
+    endpoint: String,
+    /// That member's name (its certificate's), checked against what it presents.
+    #[arg(long)]
+    server_name: String,
+    /// The directory with ca.pem and this client's NAME.pem / NAME.key.
+    #[arg(long)]
+    pki: PathBuf,
+    /// This client's certificate name.
+    #[arg(long, default_value = "operator")]
+    name: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Members, leader, lease ages and each tunnel's owner.
+    Status {
+        /// Everything, as JSON (the typed summary and the member's detail).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Moves one tunnel to another gateway (planned maintenance).
+    Handover {
+        #[arg(long)]
+        tunnel: String,
+        /// The gateway's member id.
+        #[arg(long)]
+        to: u64,
+    },
+    /// Moves every tunnel off a gateway.
+    Drain {
+        /// The gateway's member id.
+        node: u64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandemctl: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut client = AdminClient::new(connect(&cli).await?);
+    match cli.command {
+        Cmd::Status { json } => {
+            let status = client.status(StatusRequest {}).await?.into_inner();
+            if json {
+                println!("{}", status_json(&status)?);
+            } else {
+                print!("{}", status_table(&status));
+            }
+        }
+        Cmd::Handover { tunnel, to } => {
+            let reply = client.handover(HandoverRequest { tunnel, to }).await?;
+            println!("{}", reply.into_inner().result_json);
+        }
+        Cmd::Drain { node } => {
+            let reply = client.drain(DrainRequest { node }).await?;
+            println!("{}", reply.into_inner().result_json);
+        }
+    }
+    Ok(())
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<Channel> {
+    let read = |f: String| {
+        let path = cli.pki.join(f);
+        std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem".into())?))
+        .identity(Identity::from_pem(
+            read(format!("{}.pem", cli.name))?,
+            read(format!("{}.key", cli.name))?,
+        ))
+        .domain_name(cli.server_name.clone());
+    Endpoint::from_shared(format!("https://{}", cli.endpoint))
+        .context("bad --endpoint")?
+        .tls_config(tls)?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {}", cli.endpoint))
+}
+
+fn status_json(s: &StatusReply) -> anyhow::Result<String> {
+    let detail: serde_json::Value = serde_json::from_str(&s.detail_json)?;
+    let members: Vec<_> = s
+        .members
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "id": m.id, "name": m.name, "addr": m.addr, "witness": m.witness,
+                "voter": m.voter, "lease_age_ms": m.lease_age_ms,
+            })
+        })
+        .collect();
+    let tunnels: serde_json::Map<_, _> = s
+        .tunnels
+        .iter()
+        .map(|t| (t.name.clone(), serde_json::json!(t.owner)))
+        .collect();
+    Ok(serde_json::json!({
+        "node": s.node, "leader": s.leader, "term": s.term,
+        "members": members, "owners": tunnels, "detail": detail,
+    })
+    .to_string())
+}
+
+fn status_table(s: &StatusReply) -> String {
+    let mut out = format!(
+        "answered by member {}; leader {}; term {}\n\nMEMBER  NAME             ADDRESS                ROLE     VOTER  LEASE AGE\n",
+        s.node,
+        if s.leader == 0 {
+            "unknown".to_owned()
+        } else {
+            s.leader.to_string()
+        },
+        s.term
+    );
+    for m in &s.members {
+        out += &format!(
+            "{:<7} {:<16} {:<22} {:<8} {:<6} {}\n",
+            m.id,
+            m.name,
+            m.addr,
+            if m.witness { "witness" } else { "gateway" },
+            if m.voter { "yes" } else { "no" },
+            m.lease_age_ms
+                .map_or_else(|| "-".to_owned(), |a| format!("{a} ms")),
+        );
+    }
+    out += "\nTUNNEL                OWNER\n";
+    for t in &s.tunnels {
+        out += &format!("{:<21} {}\n", t.name, t.owner);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_rpc::admin::{Member, Tunnel};
+
+    #[test]
+    fn status_table_shows_members_leases_and_owners() {
+        let s = StatusReply {
+            node: 2,
+            leader: 1,
+            term: 3,
+            members: vec![
+                Member {
+                    id: 1,
+                    name: "gw1".into(),
+                    addr: "198.51.100.11:7401".into(),
+                    witness: false,
+                    voter: true,
+                    lease_age_ms: Some(40),
+                },
+                Member {
+                    id: 3,
+                    name: "witness3".into(),
+                    addr: "198.51.100.13:7403".into(),
+                    witness: true,
+                    voter: true,
+                    lease_age_ms: None,
+                },
+            ],
+            tunnels: vec![Tunnel {
+                name: "site-a".into(),
+                owner: 1,
+            }],
+            detail_json: "{}".into(),
+        };
+        let table = status_table(&s);
+        assert!(table.contains("leader 1; term 3"), "{table}");
+        assert!(table.contains("gw1") && table.contains("40 ms"), "{table}");
+        assert!(
+            table.contains("witness3") && table.contains("witness  yes    -"),
+            "{table}"
+        );
+        assert!(table.contains("site-a                1"), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&status_json(&s).unwrap()).unwrap();
+        assert_eq!(json["owners"]["site-a"], 1);
+        assert_eq!(json["members"][0]["lease_age_ms"], 40);
+    }
+}

@@ -1,0 +1,124 @@
+//! The operators' gRPC API (proto/admin.proto) on `[cluster] admin_listen`,
+//! mutual TLS with the cluster CA. It is a typed front for the same commands
+//! the local control socket takes: they reach the node's main loop (or the
+//! witness's) the same way, so both paths behave alike.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tandem_cluster::Cluster;
+use tandem_cluster::tls::NodeTls;
+use tandem_rpc::admin::admin_server::{Admin, AdminServer};
+use tandem_rpc::admin::{
+    ActionReply, DrainRequest, HandoverRequest, Member, StatusReply, StatusRequest, Tunnel,
+};
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Response, Status};
+
+use crate::control::{self, Command};
+
+struct Service {
+    cluster: Arc<Cluster>,
+    commands: mpsc::Sender<control::Request>,
+}
+
+impl Service {
+    async fn run(&self, cmd: Command) -> Result<String, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send((cmd, reply))
+            .await
+            .map_err(|_| Status::unavailable("tandemd is stopping"))?;
+        answer
+            .await
+            .map_err(|_| Status::unavailable("tandemd is stopping"))?
+            .map_err(Status::failed_precondition)
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for Service {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        let detail_json = self.run(Command::Status).await?;
+        let detail: serde_json::Value =
+            serde_json::from_str(&detail_json).map_err(|e| Status::internal(e.to_string()))?;
+        let view = &detail["cluster"];
+        let members = view["members"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| {
+                        let id = m["id"].as_u64().unwrap_or(0);
+                        Member {
+                            id,
+                            name: m["name"].as_str().unwrap_or_default().to_owned(),
+                            addr: m["addr"].as_str().unwrap_or_default().to_owned(),
+                            witness: m["witness"].as_bool().unwrap_or(false),
+                            voter: m["voter"].as_bool().unwrap_or(false),
+                            lease_age_ms: view["lease_age_ms"][id.to_string()].as_u64(),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let tunnels = self
+            .cluster
+            .state()
+            .owners
+            .into_iter()
+            .map(|(name, owner)| Tunnel { name, owner })
+            .collect();
+        Ok(Response::new(StatusReply {
+            node: self.cluster.id(),
+            leader: view["leader"].as_u64().unwrap_or(0),
+            term: view["term"].as_u64().unwrap_or(0),
+            members,
+            tunnels,
+            detail_json,
+        }))
+    }
+
+    async fn handover(
+        &self,
+        request: Request<HandoverRequest>,
+    ) -> Result<Response<ActionReply>, Status> {
+        let r = request.into_inner();
+        let result_json = self
+            .run(Command::Handover {
+                tunnel: r.tunnel,
+                to: r.to,
+            })
+            .await?;
+        Ok(Response::new(ActionReply { result_json }))
+    }
+
+    async fn drain(&self, request: Request<DrainRequest>) -> Result<Response<ActionReply>, Status> {
+        let result_json = self.run(Command::Drain(request.into_inner().node)).await?;
+        Ok(Response::new(ActionReply { result_json }))
+    }
+}
+
+/// Serves the admin API on `addr` until the process ends.
+pub async fn serve(
+    addr: SocketAddr,
+    tls: &NodeTls,
+    cluster: Arc<Cluster>,
+    commands: mpsc::Sender<control::Request>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind the admin API on {addr}"))?;
+    let router = tonic::transport::Server::builder()
+        .tls_config(tls.server())
+        .context("admin API TLS")?
+        .add_service(AdminServer::new(Service { cluster, commands }));
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = router.serve_with_incoming(incoming).await {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    tracing::info!(%addr, "admin API listening");
+    Ok(())
+}
