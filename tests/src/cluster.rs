@@ -110,8 +110,8 @@ impl Cluster {
         out
     }
 
-    /// Member `id`'s whole config: no tunnels (or `tunnel`, for a gateway).
-    pub fn conf(&self, id: u64, socket: &Path, tunnel: Option<&Tunnel>) -> String {
+    /// Member `id`'s whole config: no tunnels (or `tunnels`, for a gateway).
+    pub fn conf(&self, id: u64, socket: &Path, tunnels: &[Tunnel]) -> String {
         let me = &self.members[&id];
         let node = if me.witness {
             format!(
@@ -120,9 +120,9 @@ impl Cluster {
                 socket.display()
             )
         } else {
-            match tunnel {
-                Some(t) => t.tandemd_conf(socket, &me.node),
-                None => format!(
+            match tunnels {
+                [_, ..] => Tunnel::tandemd_conf_many(tunnels, socket, &me.node),
+                [] => format!(
                     "[node]\nname = \"{}\"\ncontrol_socket = \"{}\"\n\n[ike]\nlisten = [\"127.0.0.1\"]\nport = {}\nnatt_port = {}\n\n[tun]\nname = \"{}\"\n",
                     me.name,
                     socket.display(),
@@ -137,7 +137,12 @@ impl Cluster {
 
     /// Starts member `id` in `ns` (again, after a kill, from its data directory).
     pub fn start(&mut self, ns: &Netns, id: u64, tunnel: Option<&Tunnel>) -> anyhow::Result<()> {
-        let tandemd = Tandemd::start_with(ns, &self.dir, |socket| self.conf(id, socket, tunnel))
+        self.start_tunnels(ns, id, tunnel.map_or(&[], std::slice::from_ref))
+    }
+
+    /// Starts member `id` in `ns` with these tunnels.
+    pub fn start_tunnels(&mut self, ns: &Netns, id: u64, tunnels: &[Tunnel]) -> anyhow::Result<()> {
+        let tandemd = Tandemd::start_with(ns, &self.dir, |socket| self.conf(id, socket, tunnels))
             .with_context(|| format!("starting member {id}"))?;
         self.running.insert(id, tandemd);
         Ok(())

@@ -28,6 +28,10 @@ pub struct HaSite {
 impl HaSite {
     /// The tunnel's address, on whichever node owns it.
     pub const VIP: &str = SiteToSite::GW_OUTER;
+    /// A second tunnel's address, and its inner networks (peer, gateway).
+    pub const VIP_B: &str = "192.0.2.4";
+    pub const PEER_INNER_B: &str = "10.3.0.1";
+    pub const GW_INNER_B: &str = "10.4.0.1";
 
     /// Node `i`'s (1-based) address on the cluster segment.
     pub fn cluster_addr(i: usize) -> String {
@@ -67,11 +71,27 @@ impl HaSite {
             dir,
         };
         inner_host(&site.peer, "br0", SiteToSite::PEER_INNER)?;
+        site.peer.run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/16", Self::PEER_INNER_B),
+            "dev",
+            "lo",
+        ])?;
         for i in 1..=nodes {
             let ns = Netns::new()?;
             let node_if = site.plug(&ns, "br0", None)?;
             let cluster_if = site.plug(&ns, "cl0", Some(&Self::cluster_addr(i)))?;
             inner_host(&ns, &node_if, SiteToSite::GW_INNER)?;
+            ns.run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/16", Self::GW_INNER_B),
+                "dev",
+                "lo",
+            ])?;
             site.nodes.push(ns);
             site.node_ifs.push(node_if);
             site.cluster_ifs.push(cluster_if);
@@ -126,14 +146,30 @@ impl HaSite {
         }
     }
 
+    /// The peer's side of a second tunnel, to [`HaSite::VIP_B`] with its own
+    /// inner networks.
+    pub fn tunnel_b(&self, name: &str, ike_proposal: &str, esp_proposal: &str) -> Tunnel {
+        Tunnel {
+            remote_addr: Self::VIP_B.into(),
+            local_ts: "10.3.0.0/16".into(),
+            remote_ts: "10.4.0.0/16".into(),
+            ..self.tunnel(name, ike_proposal, esp_proposal)
+        }
+    }
+
     /// Which nodes (1-based) have the VIP on their segment interface.
     pub fn vip_holders(&self) -> anyhow::Result<Vec<usize>> {
+        self.holders_of(Self::VIP)
+    }
+
+    /// Which nodes (1-based) have `vip` on their segment interface.
+    pub fn holders_of(&self, vip: &str) -> anyhow::Result<Vec<usize>> {
         let mut out = Vec::new();
         for (i, (ns, dev)) in self.nodes.iter().zip(&self.node_ifs).enumerate() {
             let addrs = ns
                 .run(&["ip", "-4", "-o", "addr", "show", "dev", dev])
                 .with_context(|| format!("addresses of node {}", i + 1))?;
-            if addrs.contains(&format!(" {}/", Self::VIP)) {
+            if addrs.contains(&format!(" {vip}/")) {
                 out.push(i + 1);
             }
         }

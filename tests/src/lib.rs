@@ -422,7 +422,8 @@ impl Tunnel {
         }
     }
 
-    fn swanctl_conf(&self) -> String {
+    /// This tunnel's `connections` entry and its `secrets` entry.
+    fn swanctl_parts(&self) -> (String, String) {
         let secs = |d: Duration| format!("{}s", d.as_secs());
         // Hard lifetimes above the rekey times by at least 15 s: a rekey must
         // survive one lost datagram, which strongSwan retransmits after 4 s and
@@ -434,9 +435,8 @@ impl Tunnel {
         let child_life =
             secs(self.child_rekey + (self.child_rekey / 10).max(Duration::from_secs(15)));
         let start = if self.initiate { "start" } else { "none" };
-        format!(
-            "connections {{
-  {name} {{
+        let connection = format!(
+            "  {name} {{
     version = 2
     local_addrs = {la}
     remote_addrs = {ra}
@@ -470,14 +470,6 @@ impl Tunnel {
       }}
     }}
   }}
-}}
-secrets {{
-  ike-{name} {{
-    id-1 = {la}
-    id-2 = {ra}
-    secret = \"{psk}\"
-  }}
-}}
 ",
             name = self.name,
             la = self.local_addr,
@@ -490,12 +482,78 @@ secrets {{
             rts = self.remote_ts,
             espp = self.esp_proposal,
             child_rekey = secs(self.child_rekey),
+        );
+        let secret = format!(
+            "  ike-{name} {{
+    id-1 = {la}
+    id-2 = {ra}
+    secret = \"{psk}\"
+  }}
+",
+            name = self.name,
+            la = self.local_addr,
+            ra = self.remote_addr,
             psk = self.psk,
+        );
+        (connection, secret)
+    }
+
+    /// swanctl.conf with these tunnels.
+    fn swanctl_conf(tunnels: &[Tunnel]) -> String {
+        let (connections, secrets): (Vec<String>, Vec<String>) =
+            tunnels.iter().map(Tunnel::swanctl_parts).unzip();
+        format!(
+            "connections {{\n{}}}\nsecrets {{\n{}}}\n",
+            connections.concat(),
+            secrets.concat()
         )
     }
 
     /// tandemd's config for this tunnel, as the node `who`.
     pub fn tandemd_conf(&self, control_socket: &Path, who: &GatewayNode) -> String {
+        Self::tandemd_conf_many(std::slice::from_ref(self), control_socket, who)
+    }
+
+    /// tandemd's config for these tunnels, as the node `who`: it listens on
+    /// each tunnel's local address.
+    pub fn tandemd_conf_many(
+        tunnels: &[Tunnel],
+        control_socket: &Path,
+        who: &GatewayNode,
+    ) -> String {
+        let mut listen: Vec<String> = tunnels
+            .iter()
+            .map(|t| format!("\"{}\"", t.local_addr))
+            .collect();
+        listen.dedup();
+        let mut out = format!(
+            "[node]
+name = \"{node}\"
+control_socket = \"{sock}\"
+
+[ike]
+listen = [{listen}]
+port = {ike_port}
+natt_port = {natt_port}
+
+[tun]
+name = \"{tun}\"
+mtu = 1400
+",
+            sock = control_socket.display(),
+            node = who.name,
+            listen = listen.join(", "),
+            ike_port = who.ike_port,
+            natt_port = who.natt_port,
+            tun = who.tun,
+        );
+        for t in tunnels {
+            out += &t.tandemd_connection();
+        }
+        out
+    }
+
+    fn tandemd_connection(&self) -> String {
         let secs = |d: Duration| format!("\"{}s\"", d.as_secs());
         let dpd = if self.dpd_delay.is_zero() {
             "\"off\"".to_owned()
@@ -503,19 +561,7 @@ secrets {{
             secs(self.dpd_delay)
         };
         format!(
-            "[node]
-name = \"{node}\"
-control_socket = \"{sock}\"
-
-[ike]
-listen = [\"{la}\"]
-port = {ike_port}
-natt_port = {natt_port}
-
-[tun]
-name = \"{tun}\"
-mtu = 1400
-
+            "
 [[connection]]
 name = \"{name}\"
 local_addr = \"{la}\"
@@ -532,11 +578,6 @@ child_lifetime = {child}
 dpd_delay = {dpd}
 initiate = {init}
 ",
-            sock = control_socket.display(),
-            node = who.name,
-            ike_port = who.ike_port,
-            natt_port = who.natt_port,
-            tun = who.tun,
             name = self.name,
             la = self.local_addr,
             ra = self.remote_addr,
@@ -562,6 +603,11 @@ pub struct Charon {
 impl Charon {
     /// Starts charon in `ns` with one connection, `tunnel`, loaded.
     pub fn start(ns: &Netns, dir: &Path, tunnel: &Tunnel) -> anyhow::Result<Charon> {
+        Self::start_many(ns, dir, std::slice::from_ref(tunnel))
+    }
+
+    /// Starts charon in `ns` with these connections loaded.
+    pub fn start_many(ns: &Netns, dir: &Path, tunnels: &[Tunnel]) -> anyhow::Result<Charon> {
         let dir = dir.join(unique("charon-"));
         std::fs::create_dir_all(dir.join("run"))?;
         let d = dir.display();
@@ -606,7 +652,7 @@ impl Charon {
 "
             ),
         )?;
-        std::fs::write(dir.join("swanctl.conf"), tunnel.swanctl_conf())?;
+        std::fs::write(dir.join("swanctl.conf"), Tunnel::swanctl_conf(tunnels))?;
         // charon insists on /run for its pid file and sockets: give each instance
         // its own through a private mount namespace (the mount dies with it).
         let script = format!(

@@ -18,7 +18,7 @@ use tandem_tests::cluster::Cluster;
 use tandem_tests::ha::HaSite;
 
 use tandem_tests::{
-    BackgroundPing, Capture, Charon, SiteToSite, check_gone, ping, serial, wait_for,
+    BackgroundPing, Capture, Charon, SiteToSite, Tunnel, check_gone, ping, serial, wait_for,
 };
 
 const CONN: &str = "site-a";
@@ -358,4 +358,128 @@ fn planned_handover_and_drain_lose_at_most_one_packet_each() -> anyhow::Result<(
 #[test]
 fn an_owner_cut_off_from_the_cluster_stops_before_another_starts() -> anyhow::Result<()> {
     with_cluster(3, 0, cut_off_the_owner)
+}
+
+/// Active-active: two tunnels (two VIPs, the peer with one connection to
+/// each) dealt to gateways 1 and 2, both carrying traffic; gateway 1 crashes
+/// and a survivor carries both.
+#[test]
+fn active_active_a_survivor_carries_both_tunnels() -> anyhow::Result<()> {
+    let _serial = serial();
+    let site = HaSite::new(3)?;
+    let dir = site.dir.path().to_path_buf();
+    let mut c = Cluster::new(&dir.join("cluster"), 3, 0, 10_000)?;
+    for (id, m) in &mut c.members {
+        let i = *id as usize;
+        m.addr = HaSite::cluster_addr(i);
+        m.node.ike_port = 500;
+        m.node.natt_port = 4500;
+        m.extra = format!(
+            "mode = \"active-active\"\nlease = \"500ms\"\nvip_interface = \"{}\"\nvip_prefix_len = 24\n",
+            site.node_ifs[i - 1]
+        );
+    }
+    let (ike, esp) = ("aes256gcm16-prfsha256-curve25519", "aes256gcm16");
+    let peer_sides = [
+        site.tunnel("site-a", ike, esp),
+        site.tunnel_b("site-b", ike, esp),
+    ];
+    let gw_sides: Vec<_> = peer_sides.iter().map(Tunnel::mirrored).collect();
+    for id in 1..=3 {
+        c.start_tunnels(&site.nodes[id as usize - 1], id, &gw_sides)?;
+    }
+    c.leader()?;
+    wait_for(
+        "site-a on gateway 1 and site-b on gateway 2",
+        Duration::from_secs(15),
+        || {
+            Ok(
+                (site.holders_of(HaSite::VIP)? == [1] && site.holders_of(HaSite::VIP_B)? == [2])
+                    .then_some(()),
+            )
+        },
+    )?;
+    let peer = Charon::start_many(&site.peer, &dir, &peer_sides)?;
+    let flows = [
+        ("site-a", SiteToSite::PEER_INNER, SiteToSite::GW_INNER),
+        ("site-b", HaSite::PEER_INNER_B, HaSite::GW_INNER_B),
+    ];
+    let result = (|| -> anyhow::Result<()> {
+        for (name, _, _) in flows {
+            peer.initiate(name)?;
+        }
+        let up = |peer: &Charon| -> anyhow::Result<Vec<String>> {
+            Ok(peer
+                .list_sas()?
+                .into_iter()
+                .filter(|sa| {
+                    sa.state == "ESTABLISHED" && sa.children.iter().any(|c| c.state == "INSTALLED")
+                })
+                .map(|sa| format!("{}:{}_{}", sa.name, sa.spi_i, sa.spi_r))
+                .collect())
+        };
+        let before = wait_for("both tunnels up", Duration::from_secs(15), || {
+            let sas = up(&peer)?;
+            Ok((sas.len() == 2).then_some(sas))
+        })?;
+        wait_for("gateway 3 to stand by for both", Duration::from_secs(5), || {
+            let s = c.node(3).status()?;
+            Ok(s["standby_child_sas"]
+                .as_array()
+                .is_some_and(|a| a.len() == 2)
+                .then_some(()))
+        })?;
+        for (name, src, dst) in flows {
+            let p = ping(&site.peer, src, dst, 50, PING_INTERVAL)?;
+            ensure!(p.lost() == 0, "{name} before the crash lost {}", p.lost());
+        }
+        let pings: Vec<_> = flows
+            .iter()
+            .map(|(_, src, dst)| BackgroundPing::start(&site.peer, &dir, src, dst, 300, PING_INTERVAL))
+            .collect::<anyhow::Result<_>>()?;
+        std::thread::sleep(Duration::from_secs(1));
+        c.crash(&site.nodes[0], 1)?;
+        for ((name, _, _), bg) in flows.iter().zip(pings) {
+            let p = bg.finish(Duration::from_secs(30))?;
+            let gap = silence(&p)?;
+            println!(
+                "active-active, gateway 1 crashed: {name} lost {} of {} pings, longest silence {gap:?}",
+                p.lost(),
+                p.sent
+            );
+            ensure!(gap < Duration::from_secs(1), "{name} stopped for {gap:?}");
+        }
+        let owners = c.view(2)?["owners"].clone();
+        let survivor = owners["site-a"].as_u64().unwrap_or(0);
+        ensure!(
+            survivor != 1 && owners["site-b"] == survivor,
+            "one survivor should carry both: {owners}"
+        );
+        ensure!(
+            site.holders_of(HaSite::VIP)?.contains(&(survivor as usize))
+                && site.holders_of(HaSite::VIP_B)?.contains(&(survivor as usize)),
+            "gateway {survivor} lacks a VIP"
+        );
+        for (name, src, dst) in flows {
+            let p = ping(&site.peer, src, dst, 50, PING_INTERVAL)?;
+            ensure!(p.lost() == 0, "{name} on the survivor lost {}", p.lost());
+        }
+        let after = up(&peer)?;
+        ensure!(after == before, "the peer's IKE SAs changed: {before:?} -> {after:?}");
+        Ok(())
+    })()
+    .with_context(|| {
+        format!(
+            "--- strongSwan log tail:\n{}\n--- gateway 2 log tail:\n{}",
+            peer.log_tail(30),
+            c.node(2).log_tail(30)
+        )
+    });
+    let mut namespaces = vec![site.peer.name().to_owned()];
+    namespaces.extend(site.nodes.iter().map(|n| n.name().to_owned()));
+    let mut pids = vec![peer.pid()];
+    pids.extend(c.running.values().map(|t| t.pid()));
+    drop((peer, c, site));
+    result?;
+    check_gone(&namespaces, &pids)
 }
