@@ -45,7 +45,9 @@ fn with_cluster(
             site.node_ifs[i - 1]
         );
     }
-    let peer_side = site.tunnel(CONN, "aes256gcm16-prfsha256-curve25519", "aes256gcm16");
+    let mut peer_side = site.tunnel(CONN, "aes256gcm16-prfsha256-curve25519", "aes256gcm16");
+    // DPD on both sides: only while idle, so it is checked after the events.
+    peer_side.dpd_delay = Duration::from_secs(2);
     let gw_side = peer_side.mirrored();
     let ids: Vec<u64> = c.members.keys().copied().collect();
     for id in ids {
@@ -177,7 +179,14 @@ fn same_sa_and_rekeys_work(
         rekeyed.spi_i != before.spi_i,
         "the IKE rekey did not happen: {rekeyed:?}"
     );
-    println!("then child and IKE rekeys with the new owner, traffic flows");
+    let (dpd_before, dpd_after) = peer
+        .wait_for_dpd(Duration::from_secs(10))
+        .context("no DPD exchange with the new owner")?;
+    peer.established()?
+        .context("tunnel lost while idle (DPD)")?;
+    println!(
+        "then child and IKE rekeys and DPD ({dpd_before:?} -> {dpd_after:?}) with the new owner"
+    );
     Ok(())
 }
 
