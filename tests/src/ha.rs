@@ -3,20 +3,28 @@
 //! (a bridge in the peer's namespace). The tunnel's address (the VIP) moves
 //! between the nodes by netlink and gratuitous ARP. The nodes talk Raft on a
 //! second segment of their own (another bridge), so a test can cut a node's
-//! cluster link and leave its outer link up.
+//! cluster link and leave its outer link up. Behind them is one LAN (a third
+//! namespace) whose hosts route the peer's networks through a LAN-side
+//! gateway address that moves with the tunnel, so a TCP connection through
+//! the tunnel can outlive a takeover.
 
 use std::process::Command;
 
 use anyhow::Context as _;
 
 use crate::{
-    Netns, SiteToSite, TempDir, Tunnel, inner_host, require_environment, run_output, unique,
+    Netns, SiteToSite, TempDir, Tunnel, forwarding, inner_host, require_environment, run_output,
+    unique,
 };
 
 #[derive(Debug)]
 pub struct HaSite {
     // Field order is drop order: namespaces before the directory with logs.
     pub peer: Netns,
+    /// The site's LAN: its hosts ([`SiteToSite::GW_INNER`], [`HaSite::GW_INNER_B`]).
+    pub lan: Netns,
+    /// Each node's interface on the LAN.
+    pub lan_ifs: Vec<String>,
     pub nodes: Vec<Netns>,
     /// Each node's interface on the outer segment (inside its namespace).
     pub node_ifs: Vec<String>,
@@ -32,6 +40,9 @@ impl HaSite {
     pub const VIP_B: &str = "192.0.2.4";
     pub const PEER_INNER_B: &str = "10.3.0.1";
     pub const GW_INNER_B: &str = "10.4.0.1";
+    /// The LAN-side gateway addresses of the two tunnels.
+    pub const LAN_GW: &str = "10.2.255.254";
+    pub const LAN_GW_B: &str = "10.4.255.254";
 
     /// Node `i`'s (1-based) address on the cluster segment.
     pub fn cluster_addr(i: usize) -> String {
@@ -63,8 +74,20 @@ impl HaSite {
         // The cluster segment: a bridge with no address of the peer's on it.
         peer.run(&["ip", "link", "add", "cl0", "type", "bridge"])?;
         peer.run(&["ip", "link", "set", "cl0", "up"])?;
+        let lan = Netns::new()?;
+        lan.run(&["ip", "link", "add", "lan0", "type", "bridge"])?;
+        lan.run(&["ip", "link", "set", "lan0", "up"])?;
+        for (host, gw, peer_net) in [
+            (SiteToSite::GW_INNER, Self::LAN_GW, SiteToSite::PEER_NET),
+            (Self::GW_INNER_B, Self::LAN_GW_B, "10.3.0.0/16"),
+        ] {
+            lan.run(&["ip", "addr", "add", &format!("{host}/16"), "dev", "lan0"])?;
+            lan.run(&["ip", "route", "add", peer_net, "via", gw])?;
+        }
         let mut site = HaSite {
             peer,
+            lan,
+            lan_ifs: Vec::new(),
             nodes: Vec::new(),
             node_ifs: Vec::new(),
             cluster_ifs: Vec::new(),
@@ -81,27 +104,32 @@ impl HaSite {
         ])?;
         for i in 1..=nodes {
             let ns = Netns::new()?;
-            let node_if = site.plug(&ns, "br0", None)?;
-            let cluster_if = site.plug(&ns, "cl0", Some(&Self::cluster_addr(i)))?;
-            inner_host(&ns, &node_if, SiteToSite::GW_INNER)?;
-            ns.run(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/16", Self::GW_INNER_B),
-                "dev",
-                "lo",
-            ])?;
+            let node_if = site.plug(&site.peer, &ns, "br0", None)?;
+            let cluster_if = site.plug(&site.peer, &ns, "cl0", Some(&Self::cluster_addr(i)))?;
+            // Its own LAN addresses (the moving gateway ones come on top), so
+            // a standby still delivers what it decrypts during a handover.
+            let own_lan = format!("10.2.255.{}/16", 10 + i);
+            let lan_if = site.plug(&site.lan, &ns, "lan0", Some(&own_lan))?;
+            let own_lan_b = format!("10.4.255.{}/16", 10 + i);
+            ns.run(&["ip", "addr", "add", &own_lan_b, "dev", &lan_if])?;
+            forwarding(&ns, &[&node_if, &lan_if])?;
             site.nodes.push(ns);
             site.node_ifs.push(node_if);
             site.cluster_ifs.push(cluster_if);
+            site.lan_ifs.push(lan_if);
         }
         Ok(site)
     }
 
-    /// Connects `ns` to `bridge` (in the peer's namespace) with a veth pair,
-    /// `addr`/24 on its end; returns the interface name in `ns`.
-    fn plug(&self, ns: &Netns, bridge: &str, addr: Option<&str>) -> anyhow::Result<String> {
+    /// Connects `ns` to `bridge` (in `hub`) with a veth pair, `addr` (/24
+    /// unless it says) on its end; returns the interface name in `ns`.
+    fn plug(
+        &self,
+        hub: &Netns,
+        ns: &Netns,
+        bridge: &str,
+        addr: Option<&str>,
+    ) -> anyhow::Result<String> {
         // Created in the root namespace first: names unique there too.
         let n = unique("");
         let (inside, port) = (format!("h{n}"), format!("p{n}"));
@@ -117,12 +145,16 @@ impl HaSite {
             "name",
             &port,
             "netns",
-            self.peer.name(),
+            hub.name(),
         ]))?;
-        self.peer
-            .run(&["ip", "link", "set", &port, "master", bridge, "up"])?;
+        hub.run(&["ip", "link", "set", &port, "master", bridge, "up"])?;
         if let Some(addr) = addr {
-            ns.run(&["ip", "addr", "add", &format!("{addr}/24"), "dev", &inside])?;
+            let addr = if addr.contains('/') {
+                addr.to_owned()
+            } else {
+                format!("{addr}/24")
+            };
+            ns.run(&["ip", "addr", "add", &addr, "dev", &inside])?;
         }
         ns.run(&["ip", "link", "set", &inside, "up"])?;
         Ok(inside)
@@ -143,6 +175,7 @@ impl HaSite {
             child_rekey: std::time::Duration::from_secs(3600),
             dpd_delay: std::time::Duration::ZERO,
             initiate: false,
+            lan_addr: Some(Self::LAN_GW.into()),
         }
     }
 
@@ -153,6 +186,7 @@ impl HaSite {
             remote_addr: Self::VIP_B.into(),
             local_ts: "10.3.0.0/16".into(),
             remote_ts: "10.4.0.0/16".into(),
+            lan_addr: Some(Self::LAN_GW_B.into()),
             ..self.tunnel(name, ike_proposal, esp_proposal)
         }
     }

@@ -359,6 +359,7 @@ impl SiteToSite {
             child_rekey: Duration::from_secs(3600),
             dpd_delay: Duration::ZERO,
             initiate: false,
+            lan_addr: None,
         }
     }
 
@@ -376,7 +377,12 @@ impl SiteToSite {
 /// kernel would route elsewhere, and strict filtering drops them.
 fn inner_host(ns: &Netns, dev: &str, inner: &str) -> anyhow::Result<()> {
     ns.run(&["ip", "addr", "add", &format!("{inner}/16"), "dev", "lo"])?;
-    for conf in ["all", "default", dev] {
+    forwarding(ns, &[dev])
+}
+
+/// Forwarding on, reverse-path filtering off on `devs` (see [`inner_host`]).
+fn forwarding(ns: &Netns, devs: &[&str]) -> anyhow::Result<()> {
+    for conf in ["all", "default"].iter().chain(devs) {
         ns.run(&[
             "sysctl",
             "-qw",
@@ -408,6 +414,8 @@ pub struct Tunnel {
     pub dpd_delay: Duration,
     /// Initiate as soon as the configuration is loaded.
     pub initiate: bool,
+    /// tandemd only: the LAN-side gateway address that moves with the tunnel.
+    pub lan_addr: Option<String>,
 }
 
 impl Tunnel {
@@ -577,7 +585,11 @@ ike_lifetime = {ike}
 child_lifetime = {child}
 dpd_delay = {dpd}
 initiate = {init}
-",
+{lan}",
+            lan = self
+                .lan_addr
+                .as_ref()
+                .map_or_else(String::new, |a| format!("lan_addr = \"{a}\"\n")),
             name = self.name,
             la = self.local_addr,
             ra = self.remote_addr,

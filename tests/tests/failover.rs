@@ -41,8 +41,9 @@ fn with_cluster(
         m.node.ike_port = 500;
         m.node.natt_port = 4500;
         m.extra = format!(
-            "lease = \"500ms\"\nvip_interface = \"{}\"\nvip_prefix_len = 24\n",
-            site.node_ifs[i - 1]
+            "lease = \"500ms\"\nvip_interface = \"{}\"\nvip_prefix_len = 24\nlan_interface = \"{}\"\nlan_prefix_len = 16\n",
+            site.node_ifs[i - 1],
+            site.lan_ifs[i - 1]
         );
     }
     let mut peer_side = site.tunnel(CONN, "aes256gcm16-prfsha256-curve25519", "aes256gcm16");
@@ -79,7 +80,7 @@ fn with_cluster(
                 tail(2)
             )
         });
-    let mut namespaces = vec![site.peer.name().to_owned()];
+    let mut namespaces = vec![site.peer.name().to_owned(), site.lan.name().to_owned()];
     namespaces.extend(site.nodes.iter().map(|n| n.name().to_owned()));
     let mut pids = vec![peer.pid()];
     pids.extend(c.running.values().map(|t| t.pid()));
@@ -194,10 +195,30 @@ fn kill_the_owner(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::Resu
     let before = peer.wait_established()?;
     // kill -9 as a crash under systemd, whose ExecStopPost takes the dead
     // node's VIP down (deploy/systemd/tandemd.service).
-    let p = pings_around(site, || c.crash(&site.nodes[0], 1))?;
+    // An iperf3 TCP stream from the peer to a LAN host runs across the
+    // crash: it must survive it (TCP retransmits through the gap).
+    let (p, mbits) = std::thread::scope(|scope| {
+        let stream = scope.spawn(|| {
+            tandem_tests::iperf3(
+                &site.lan,
+                SiteToSite::GW_INNER,
+                &site.peer,
+                SiteToSite::PEER_INNER,
+                5,
+                site.dir.path(),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let p = pings_around(site, || c.crash(&site.nodes[0], 1));
+        let mbits = stream
+            .join()
+            .map_err(|_| anyhow::anyhow!("iperf3 thread panicked"))?;
+        anyhow::Ok((p?, mbits?))
+    })?;
     let gap = silence(&p)?;
     println!(
-        "kill -9 of the owner: {} of {} pings lost, longest silence {gap:?}",
+        "kill -9 of the owner: {} of {} pings lost, longest silence {gap:?}; \
+         an iperf3 TCP stream across it averaged {mbits:.0} Mbit/s over 5 s",
         p.lost(),
         p.sent
     );
@@ -384,8 +405,9 @@ fn active_active_a_survivor_carries_both_tunnels() -> anyhow::Result<()> {
         m.node.ike_port = 500;
         m.node.natt_port = 4500;
         m.extra = format!(
-            "mode = \"active-active\"\nlease = \"500ms\"\nvip_interface = \"{}\"\nvip_prefix_len = 24\n",
-            site.node_ifs[i - 1]
+            "mode = \"active-active\"\nlease = \"500ms\"\nvip_interface = \"{}\"\nvip_prefix_len = 24\nlan_interface = \"{}\"\nlan_prefix_len = 16\n",
+            site.node_ifs[i - 1],
+            site.lan_ifs[i - 1]
         );
     }
     let (ike, esp) = ("aes256gcm16-prfsha256-curve25519", "aes256gcm16");
@@ -484,7 +506,7 @@ fn active_active_a_survivor_carries_both_tunnels() -> anyhow::Result<()> {
             c.node(2).log_tail(30)
         )
     });
-    let mut namespaces = vec![site.peer.name().to_owned()];
+    let mut namespaces = vec![site.peer.name().to_owned(), site.lan.name().to_owned()];
     namespaces.extend(site.nodes.iter().map(|n| n.name().to_owned()));
     let mut pids = vec![peer.pid()];
     pids.extend(c.running.values().map(|t| t.pid()));

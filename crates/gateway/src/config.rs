@@ -71,6 +71,8 @@ pub struct ClusterSettings {
     pub vip: Vip,
     /// Where the operators' gRPC API listens, if anywhere.
     pub admin_listen: Option<SocketAddr>,
+    /// How the connections' `lan_addr` moves: like `vip`, on the LAN side.
+    pub lan_vip: Vip,
 }
 
 /// How the tunnels' local addresses (VIPs) move to their owner.
@@ -94,6 +96,9 @@ pub struct Connection {
     pub remote_prefixes: Vec<(IpAddr, u8)>,
     pub replay_window: u32,
     pub initiate: bool,
+    /// The inner (LAN-side) gateway address the tunnel's local hosts route
+    /// through; it moves with the tunnel like the VIP (cluster mode).
+    pub lan_addr: Option<IpAddr>,
 }
 
 impl Config {
@@ -165,6 +170,8 @@ struct RawCluster {
     vip_prefix_len: Option<u8>,
     vip_hook: Option<PathBuf>,
     admin_listen: Option<String>,
+    lan_interface: Option<String>,
+    lan_prefix_len: Option<u8>,
     #[serde(rename = "member")]
     members: Vec<RawMember>,
 }
@@ -273,8 +280,21 @@ impl RawCluster {
                     n => return Err(err("cluster.vip_prefix_len", format!("{n} is not 1..32"))),
                 },
             },
-            (None, Some(hook)) => Vip::Hook(base.join(hook)),
+            (None, Some(hook)) => Vip::Hook(base.join(hook.clone())),
             (None, None) => Vip::None,
+        };
+        // The LAN side moves the way the outer side does: by netlink on its
+        // own interface, or by the same hook.
+        let lan_vip = match (&self.lan_interface, &vip) {
+            (Some(interface), _) => Vip::Linux {
+                interface: interface.clone(),
+                prefix_len: match self.lan_prefix_len.unwrap_or(24) {
+                    n @ 1..=32 => n,
+                    n => return Err(err("cluster.lan_prefix_len", format!("{n} is not 1..32"))),
+                },
+            },
+            (None, Vip::Hook(hook)) => Vip::Hook(hook.clone()),
+            (None, _) => Vip::None,
         };
         let admin_listen = match &self.admin_listen {
             Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
@@ -288,6 +308,7 @@ impl RawCluster {
         Ok(ClusterSettings {
             id: self.id,
             admin_listen,
+            lan_vip,
             mode: self.mode,
             lease,
             vip,
@@ -383,6 +404,7 @@ struct RawConnection {
     replay_window: Option<u32>,
     #[serde(default)]
     initiate: bool,
+    lan_addr: Option<String>,
 }
 
 impl RawConfig {
@@ -559,7 +581,15 @@ impl RawConnection {
         if !(64..=4096).contains(&replay_window) {
             return Err(err(k("replay_window"), "must be between 64 and 4096"));
         }
+        let lan_addr = match &self.lan_addr {
+            Some(a) => Some(
+                a.parse::<IpAddr>()
+                    .map_err(|_| err(k("lan_addr"), format!("{a:?} is not an IP address")))?,
+            ),
+            None => None,
+        };
         Ok(Connection {
+            lan_addr,
             ike: ConnectionConfig {
                 name: self.name.clone(),
                 local_addr,

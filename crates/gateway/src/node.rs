@@ -6,7 +6,7 @@
 //! protocol state lives in the one main loop, so nothing is shared or locked.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,7 +25,7 @@ use crate::control::{self, Command, Request};
 use crate::dataplane::{Dataplane, Decapsulated};
 use crate::replication::{self, Background, Step};
 use crate::tun;
-use crate::vip::VipMover;
+use crate::vip::TunnelAddresses;
 
 /// Largest datagram we read: IKE messages and ESP packets both fit (jumbo frames
 /// included); anything longer is truncated by the kernel and then fails to parse.
@@ -139,13 +139,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
         state_rx = cluster.take_events();
     }
-    let vip = match &config.cluster {
-        Some(settings) => VipMover::new(&settings.vip, &config.node_name).await?,
-        None => VipMover::None,
-    };
+    let addresses = TunnelAddresses::new(&config).await?;
     // A node starts owning nothing: addresses left behind by a crash of this
     // process would contest the real owner's.
-    release(&vip, &config).await;
+    addresses.release_all().await;
     let cluster_mode = cluster.is_some();
     // The last entry this node's log held at start: applying up to it
     // replays history (see Node::take_over).
@@ -197,12 +194,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reserving: BTreeSet::new(),
         marks_synced: BTreeMap::new(),
         background: background_tx,
-        vip,
-        vips: config
-            .connections
-            .iter()
-            .map(|c| (c.ike.name.clone(), c.ike.local_addr))
-            .collect(),
+        addresses,
     };
 
     node.initiate_owned(Instant::now());
@@ -279,21 +271,8 @@ async fn serve_admin(
 
 /// Removes this node's tunnel addresses (`tandemd release`).
 pub async fn release_vips(config: &Config) -> anyhow::Result<()> {
-    let Some(settings) = &config.cluster else {
-        return Ok(());
-    };
-    release(
-        &VipMover::new(&settings.vip, &config.node_name).await?,
-        config,
-    )
-    .await;
+    TunnelAddresses::new(config).await?.release_all().await;
     Ok(())
-}
-
-async fn release(vip: &VipMover, config: &Config) {
-    for conn in &config.connections {
-        vip.down(conn.ike.local_addr).await;
-    }
 }
 
 /// A witness: a Raft voter with no dataplane. It serves only status and
@@ -447,9 +426,8 @@ struct Node {
     /// Replay marks last synced, by inbound SPI.
     marks_synced: BTreeMap<u32, u64>,
     background: mpsc::UnboundedSender<Background>,
-    vip: VipMover,
-    /// Each tunnel's address, which moves with its ownership.
-    vips: BTreeMap<String, IpAddr>,
+    /// Each tunnel's addresses, which move with its ownership.
+    addresses: TunnelAddresses,
 }
 
 impl Node {
@@ -716,12 +694,10 @@ impl Node {
             tracing::info!(tunnels = ?owned, "lease held: sending");
         }
         for tunnel in owned {
-            if let Some(addr) = self.vips.get(&tunnel).copied() {
-                if fenced {
-                    self.vip.down(addr).await;
-                } else {
-                    self.vip.up(addr).await;
-                }
+            if fenced {
+                self.addresses.down(&tunnel).await;
+            } else {
+                self.addresses.up(&tunnel).await;
             }
         }
     }
@@ -823,10 +799,8 @@ impl Node {
                 Err(e) => tracing::error!(%tunnel, error = %e, "cannot take over IKE SA"),
             }
         }
-        if self.may_send(now)
-            && let Some(addr) = self.vips.get(tunnel).copied()
-        {
-            self.vip.up(addr).await;
+        if self.may_send(now) {
+            self.addresses.up(tunnel).await;
         }
     }
 
@@ -845,9 +819,7 @@ impl Node {
                 self.standby.insert(child.inbound_spi, child);
             }
         }
-        if let Some(addr) = self.vips.get(tunnel).copied() {
-            self.vip.down(addr).await;
-        }
+        self.addresses.down(tunnel).await;
     }
 
     /// Only SAs this node staged as standby are removed: the same SPI may

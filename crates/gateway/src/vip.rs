@@ -4,6 +4,7 @@
 //! (the peer's router) switch at once; or call an operator's hook script for
 //! clouds that move addresses by API.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use futures::TryStreamExt as _;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
 
-use crate::config::Vip;
+use crate::config::{Config, Vip};
 
 /// When gratuitous ARPs go out after an address moves: at once, then again
 /// in case the first crossed a neighbour's own probe, and once more after a
@@ -27,7 +28,7 @@ const GARP_AT: [Duration; 4] = [
 ];
 
 #[derive(Debug)]
-pub enum VipMover {
+enum VipMover {
     None,
     Linux {
         handle: rtnetlink::Handle,
@@ -43,7 +44,7 @@ pub enum VipMover {
 }
 
 impl VipMover {
-    pub async fn new(vip: &Vip, node: &str) -> anyhow::Result<VipMover> {
+    async fn new(vip: &Vip, node: &str) -> anyhow::Result<VipMover> {
         Ok(match vip {
             Vip::None => VipMover::None,
             Vip::Hook(path) => VipMover::Hook {
@@ -79,7 +80,7 @@ impl VipMover {
     }
 
     /// This node now owns `addr`.
-    pub async fn up(&self, addr: IpAddr) {
+    async fn up(&self, addr: IpAddr) {
         match self {
             VipMover::None => {}
             VipMover::Hook { path, node } => run_hook(path, "up", addr, node).await,
@@ -123,7 +124,7 @@ impl VipMover {
     }
 
     /// This node no longer owns `addr`.
-    pub async fn down(&self, addr: IpAddr) {
+    async fn down(&self, addr: IpAddr) {
         match self {
             VipMover::None => {}
             VipMover::Hook { path, node } => run_hook(path, "down", addr, node).await,
@@ -163,6 +164,67 @@ impl VipMover {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Each tunnel's addresses that move with it: its outer address (the VIP
+/// peers reach) and, if configured, the LAN-side gateway address its local
+/// hosts route through.
+#[derive(Debug)]
+pub struct TunnelAddresses {
+    outer: VipMover,
+    lan: VipMover,
+    by_tunnel: BTreeMap<String, (IpAddr, Option<IpAddr>)>,
+}
+
+impl TunnelAddresses {
+    /// None in a standalone node (nothing moves).
+    pub async fn new(config: &Config) -> anyhow::Result<TunnelAddresses> {
+        let (outer, lan) = match &config.cluster {
+            Some(s) => (
+                VipMover::new(&s.vip, &config.node_name).await?,
+                VipMover::new(&s.lan_vip, &config.node_name)
+                    .await
+                    .context("the LAN-side interface")?,
+            ),
+            None => (VipMover::None, VipMover::None),
+        };
+        Ok(TunnelAddresses {
+            outer,
+            lan,
+            by_tunnel: config
+                .connections
+                .iter()
+                .map(|c| (c.ike.name.clone(), (c.ike.local_addr, c.lan_addr)))
+                .collect(),
+        })
+    }
+
+    /// This node now sends for `tunnel`.
+    pub async fn up(&self, tunnel: &str) {
+        if let Some((outer, lan)) = self.by_tunnel.get(tunnel) {
+            self.outer.up(*outer).await;
+            if let Some(lan) = lan {
+                self.lan.up(*lan).await;
+            }
+        }
+    }
+
+    /// This node no longer sends for `tunnel`.
+    pub async fn down(&self, tunnel: &str) {
+        if let Some((outer, lan)) = self.by_tunnel.get(tunnel) {
+            self.outer.down(*outer).await;
+            if let Some(lan) = lan {
+                self.lan.down(*lan).await;
+            }
+        }
+    }
+
+    /// Every tunnel's addresses down: at start, and for `tandemd release`.
+    pub async fn release_all(&self) {
+        for tunnel in self.by_tunnel.keys() {
+            self.down(tunnel).await;
         }
     }
 }
