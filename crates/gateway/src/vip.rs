@@ -332,3 +332,40 @@ mod garp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hook gets `up|down ADDRESS NODE`, in order, and a failing hook
+    /// is logged, not fatal.
+    #[tokio::test]
+    async fn the_hook_is_called_with_the_event_the_address_and_the_node() {
+        let dir = std::env::temp_dir().join(format!("tandem-vip-hook-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let calls = dir.join("calls");
+        let hook = dir.join("hook.sh");
+        std::fs::write(
+            &hook,
+            format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+        )
+        .unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let mover = VipMover::new(&Vip::Hook(hook), "gw2").await.unwrap();
+        let addr: IpAddr = "192.0.2.1".parse().unwrap();
+        mover.up(addr).await;
+        mover.down(addr).await;
+        let missing = VipMover::new(&Vip::Hook(dir.join("absent")), "gw2")
+            .await
+            .unwrap();
+        missing.up(addr).await;
+        assert_eq!(
+            std::fs::read_to_string(&calls).unwrap(),
+            "up 192.0.2.1 gw2\ndown 192.0.2.1 gw2\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
