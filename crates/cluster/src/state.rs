@@ -206,6 +206,7 @@ mod tests {
             local: "192.0.2.1:4500".parse().unwrap(),
             remote: "198.51.100.1:4500".parse().unwrap(),
             replaces: None,
+            outbound_waits: false,
         }
     }
 

@@ -132,6 +132,7 @@ fn child_with_key() -> Command {
         local: "192.0.2.1:4500".parse().unwrap(),
         remote: "198.51.100.1:4500".parse().unwrap(),
         replaces: None,
+        outbound_waits: false,
     })))
 }
 

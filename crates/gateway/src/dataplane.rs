@@ -116,17 +116,20 @@ impl Dataplane {
     }
 
     /// Installs a child SA. A rekeyed child's inbound half goes in at once (the
-    /// peer may use it as soon as the exchange completes), but its outbound half
-    /// waits until the old child is deleted: if we answered the rekey, the peer
+    /// peer may use it as soon as the exchange completes). If we answered the
+    /// rekey, its outbound half waits until the old child is deleted: the peer
     /// installs its inbound SA only after reading our response, and packets we
-    /// seal under the new SA before then are lost. strongSwan defers its
-    /// outbound switch as rekey responder for the same reason.
+    /// seal under the new SA before then are lost (strongSwan defers its
+    /// outbound switch as rekey responder for the same reason). If we started
+    /// the rekey, the new outbound half takes over at once, as the newest SA
+    /// for its selectors: the peer deletes the old one when our DELETE comes,
+    /// and a packet still sealed under it after that would be lost.
     pub fn install(&mut self, child: &ChildSa) -> Result<(), EspError> {
         self.sadb
             .install_inbound(inbound_params(child), self.replay_window(&child.connection))?;
         if let Some(old) = child
             .replaces
-            .filter(|old| self.sadb.inbound_stats(*old).is_some())
+            .filter(|old| child.outbound_waits && self.sadb.inbound_stats(*old).is_some())
         {
             self.pending_outbound.insert(old, child.clone());
             return Ok(());

@@ -32,6 +32,12 @@ pub struct ChildSa {
     pub remote: SocketAddr,
     /// Inbound SPI of the child SA this one rekeys.
     pub replaces: Option<u32>,
+    /// Our outbound half must wait until `replaces` is deleted: we answered
+    /// this rekey, and the peer installs its inbound SA only once it has read
+    /// our response. As the rekey's initiator we switch at once: the peer
+    /// installed its inbound SA before it answered, and waiting would send
+    /// on the old SA after the peer deleted it.
+    pub outbound_waits: bool,
 }
 
 /// Everything about a new child except its keys, gathered by the exchange.
@@ -73,6 +79,7 @@ impl ChildParams {
             local: self.local,
             remote: self.remote,
             replaces: self.replaces,
+            outbound_waits: self.replaces.is_some() && !exchange_initiator,
         }
     }
 }

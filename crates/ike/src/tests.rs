@@ -375,6 +375,13 @@ fn rekey_child(by_a: bool, esp: &str) {
     assert_mirrored(a[1], b[1]);
     assert_eq!(a[1].replaces, Some(old_a));
     assert_eq!(b[1].replaces, Some(old_b));
+    // Only the side that answered the rekey holds its outbound half back.
+    assert_eq!(
+        (a[1].outbound_waits, b[1].outbound_waits),
+        (!by_a, by_a),
+        "{esp}"
+    );
+    assert!(!a[0].outbound_waits && !b[0].outbound_waits);
     assert_ne!(a[1].inbound_encr_key, a[0].inbound_encr_key);
     assert_eq!(deleted(&p.a_events), [old_a]);
     assert_eq!(deleted(&p.b_events), [old_b]);
