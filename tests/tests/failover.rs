@@ -34,18 +34,7 @@ fn with_cluster(
     let _serial = serial();
     let site = HaSite::new((gateways + witnesses) as usize)?;
     let dir = site.dir.path().to_path_buf();
-    let mut c = Cluster::new(&dir.join("cluster"), gateways, witnesses, 10_000)?;
-    for (id, m) in &mut c.members {
-        let i = *id as usize;
-        m.addr = HaSite::cluster_addr(i);
-        m.node.ike_port = 500;
-        m.node.natt_port = 4500;
-        m.extra = format!(
-            "lease = \"500ms\"\nvip_interface = \"{}\"\nvip_prefix_len = 24\nlan_interface = \"{}\"\nlan_prefix_len = 16\n",
-            site.node_ifs[i - 1],
-            site.lan_ifs[i - 1]
-        );
-    }
+    let mut c = ha_cluster(&site, gateways, witnesses, "")?;
     let mut peer_side = site.tunnel(CONN, "aes256gcm16-prfsha256-curve25519", "aes256gcm16");
     // DPD on both sides: only while idle, so it is checked after the events.
     peer_side.dpd_delay = Duration::from_secs(2);
@@ -80,6 +69,41 @@ fn with_cluster(
                 tail(2)
             )
         });
+    tear_down(site, c, peer, result)
+}
+
+/// The cluster of an [`HaSite`]: each member on its own cluster address,
+/// facing the peer on the standard ports, moving the VIPs and LAN-side
+/// gateway addresses on its interfaces; `mode` is extra `[cluster]` lines.
+fn ha_cluster(site: &HaSite, gateways: u64, witnesses: u64, mode: &str) -> anyhow::Result<Cluster> {
+    let mut c = Cluster::new(
+        &site.dir.path().join("cluster"),
+        gateways,
+        witnesses,
+        10_000,
+    )?;
+    for (id, m) in &mut c.members {
+        let i = *id as usize;
+        m.addr = HaSite::cluster_addr(i);
+        m.node.ike_port = 500;
+        m.node.natt_port = 4500;
+        m.extra = format!(
+            "{mode}lease = \"500ms\"\nvip_interface = \"{}\"\nvip_prefix_len = 24\nlan_interface = \"{}\"\nlan_prefix_len = 16\n",
+            site.node_ifs[i - 1],
+            site.lan_ifs[i - 1]
+        );
+    }
+    Ok(c)
+}
+
+/// Stops everything (peer, members, namespaces), then reports `result`, or
+/// anything left running.
+fn tear_down(
+    site: HaSite,
+    c: Cluster,
+    peer: Charon,
+    result: anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut namespaces = vec![site.peer.name().to_owned(), site.lan.name().to_owned()];
     namespaces.extend(site.nodes.iter().map(|n| n.name().to_owned()));
     let mut pids = vec![peer.pid()];
@@ -398,18 +422,7 @@ fn active_active_a_survivor_carries_both_tunnels() -> anyhow::Result<()> {
     let _serial = serial();
     let site = HaSite::new(3)?;
     let dir = site.dir.path().to_path_buf();
-    let mut c = Cluster::new(&dir.join("cluster"), 3, 0, 10_000)?;
-    for (id, m) in &mut c.members {
-        let i = *id as usize;
-        m.addr = HaSite::cluster_addr(i);
-        m.node.ike_port = 500;
-        m.node.natt_port = 4500;
-        m.extra = format!(
-            "mode = \"active-active\"\nlease = \"500ms\"\nvip_interface = \"{}\"\nvip_prefix_len = 24\nlan_interface = \"{}\"\nlan_prefix_len = 16\n",
-            site.node_ifs[i - 1],
-            site.lan_ifs[i - 1]
-        );
-    }
+    let mut c = ha_cluster(&site, 3, 0, "mode = \"active-active\"\n")?;
     let (ike, esp) = ("aes256gcm16-prfsha256-curve25519", "aes256gcm16");
     let peer_sides = [
         site.tunnel("site-a", ike, esp),
@@ -506,11 +519,5 @@ fn active_active_a_survivor_carries_both_tunnels() -> anyhow::Result<()> {
             c.node(2).log_tail(30)
         )
     });
-    let mut namespaces = vec![site.peer.name().to_owned(), site.lan.name().to_owned()];
-    namespaces.extend(site.nodes.iter().map(|n| n.name().to_owned()));
-    let mut pids = vec![peer.pid()];
-    pids.extend(c.running.values().map(|t| t.pid()));
-    drop((peer, c, site));
-    result?;
-    check_gone(&namespaces, &pids)
+    tear_down(site, c, peer, result)
 }

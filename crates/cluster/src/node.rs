@@ -258,6 +258,12 @@ impl Cluster {
         self.read().state.clone()
     }
 
+    /// Reads the applied state in place: for periodic checks that need a few
+    /// fields, where a clone of every SA (keys included) would be waste.
+    pub fn read_state<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        f(&self.read().state)
+    }
+
     /// Index of the last entry applied on this node.
     pub fn applied_index(&self) -> Option<u64> {
         self.read().last_applied.map(|l| l.index)

@@ -62,13 +62,15 @@ impl Admin for Service {
                     .collect()
             })
             .unwrap_or_default();
-        let tunnels = self
-            .cluster
-            .state()
-            .owners
-            .into_iter()
-            .map(|(name, owner)| Tunnel { name, owner })
-            .collect();
+        let tunnels = self.cluster.read_state(|s| {
+            s.owners
+                .iter()
+                .map(|(name, owner)| Tunnel {
+                    name: name.clone(),
+                    owner: *owner,
+                })
+                .collect()
+        });
         Ok(Response::new(StatusReply {
             node: self.cluster.id(),
             leader: view["leader"].as_u64().unwrap_or(0),

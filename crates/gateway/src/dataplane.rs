@@ -81,8 +81,9 @@ impl Dataplane {
     }
 
     /// The highest sequence number accepted on each of these inbound SAs.
-    pub fn replay_marks(&self, inbound: impl Iterator<Item = u32>) -> Vec<(u32, u64)> {
+    pub fn replay_marks(&self, inbound: Vec<u32>) -> Vec<(u32, u64)> {
         inbound
+            .into_iter()
             .filter_map(|spi| Some((spi, self.sadb.inbound_stats(spi)?.highest_seq)))
             .collect()
     }

@@ -596,7 +596,7 @@ impl Node {
                     let Some(node) = self
                         .cluster
                         .as_ref()
-                        .and_then(|c| c.state().owners.get(&tunnel).copied())
+                        .and_then(|c| c.read_state(|s| s.owners.get(&tunnel).copied()))
                     else {
                         continue;
                     };
@@ -639,13 +639,7 @@ impl Node {
         cmd: Command,
         reply: tokio::sync::oneshot::Sender<Result<String, String>>,
     ) {
-        let inbound = cluster
-            .state()
-            .child_sas
-            .into_values()
-            .filter(|c| self.owned.contains(&c.connection))
-            .map(|c| c.inbound_spi);
-        let marks = self.dataplane.replay_marks(inbound);
+        let marks = self.dataplane.replay_marks(self.owned_inbound(&cluster));
         replication::handover(cluster, cmd, marks, (self.mode, self.lease_timing), reply);
     }
 
@@ -715,15 +709,11 @@ impl Node {
             }
         }
         if sync_marks && !self.owned.is_empty() {
-            let state = cluster.state();
-            let inbound = state
-                .child_sas
-                .values()
-                .filter(|c| self.owned.contains(&c.connection))
-                .map(|c| c.inbound_spi);
-            let marks: Vec<(u32, u64)> = self
-                .dataplane
-                .replay_marks(inbound)
+            let current = self.dataplane.replay_marks(self.owned_inbound(&cluster));
+            // Forget SAs that are gone, or the map grows with every rekey.
+            self.marks_synced
+                .retain(|spi, _| current.iter().any(|(s, _)| s == spi));
+            let marks: Vec<(u32, u64)> = current
                 .into_iter()
                 .filter(|(spi, mark)| self.marks_synced.get(spi).is_none_or(|m| m < mark))
                 .collect();
@@ -732,6 +722,18 @@ impl Node {
                 replication::sync_replay_marks(cluster, marks);
             }
         }
+    }
+
+    /// Inbound SPIs of the child SAs of the tunnels this node owns.
+    fn owned_inbound(&self, cluster: &Cluster) -> Vec<u32> {
+        cluster.read_state(|state| {
+            state
+                .child_sas
+                .values()
+                .filter(|c| self.owned.contains(&c.connection))
+                .map(|c| c.inbound_spi)
+                .collect()
+        })
     }
 
     /// Takes over `tunnel` from the replicated state: its IKE SAs (with their
@@ -809,12 +811,15 @@ impl Node {
     async fn hand_over(&mut self, tunnel: &str) {
         self.endpoint.forget(tunnel);
         if let Some(cluster) = &self.cluster {
-            for child in cluster
-                .state()
-                .child_sas
-                .into_values()
-                .filter(|c| c.connection == tunnel)
-            {
+            let children: Vec<ChildSa> = cluster.read_state(|state| {
+                state
+                    .child_sas
+                    .values()
+                    .filter(|c| c.connection == tunnel)
+                    .cloned()
+                    .collect()
+            });
+            for child in children {
                 self.dataplane.hand_over(&child);
                 self.standby.insert(child.inbound_spi, child);
             }

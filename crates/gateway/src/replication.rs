@@ -170,34 +170,45 @@ pub async fn manage_owners(
             (true, None) => Some(Instant::now()),
             (false, _) => None,
         };
-        let state = cluster.state();
+        let voters = cluster.voters();
         let gateways: BTreeSet<NodeId> = cluster
             .members()
             .into_iter()
-            .filter(|(id, m)| !m.witness && cluster.voters().contains(id))
+            .filter(|(id, m)| !m.witness && voters.contains(id))
             .map(|(id, _)| id)
             .collect();
-        let mut changes = ownership::assign_unowned(mode, &state, &configured, &gateways);
-        if leader_since.is_some_and(|t| t.elapsed() >= lease.renew_every * 2) {
-            let now = Instant::now();
-            let watch = cluster.lease_watch();
-            let live: BTreeSet<NodeId> = gateways
-                .iter()
-                .copied()
-                .filter(|g| !watch.expired(&lease, *g, now))
-                .collect();
-            let moves = ownership::reassign(mode, &state, &gateways, &live);
-            for m in &moves {
-                tracing::warn!(?m, "moving a tunnel off a gateway whose lease lapsed");
-            }
-            changes.extend(moves);
+        let judge = leader_since.is_some_and(|t| t.elapsed() >= lease.renew_every * 2);
+        let live = judge.then(|| live_gateways(&cluster, &lease, gateways.iter().copied()));
+        let (mut changes, moves) = cluster.read_state(|state| {
+            (
+                ownership::assign_unowned(mode, state, &configured, &gateways),
+                live.map(|live| ownership::reassign(mode, state, &gateways, &live))
+                    .unwrap_or_default(),
+            )
+        });
+        for m in &moves {
+            tracing::warn!(?m, "moving a tunnel off a gateway whose lease lapsed");
         }
+        changes.extend(moves);
         if !changes.is_empty()
             && let Err(e) = cluster.propose(Command { changes }).await
         {
             tracing::warn!(error = %e, "cannot commit tunnel owners");
         }
     }
+}
+
+/// Those of `candidates` whose lease this node has not seen lapse.
+fn live_gateways(
+    cluster: &Cluster,
+    lease: &LeaseTiming,
+    candidates: impl Iterator<Item = NodeId>,
+) -> BTreeSet<NodeId> {
+    let watch = cluster.lease_watch();
+    let now = Instant::now();
+    candidates
+        .filter(|g| !watch.expired(lease, *g, now))
+        .collect()
 }
 
 /// Renews this gateway's lease every `renew_every`, each renewal in its own
@@ -283,16 +294,15 @@ pub fn handover(
                 ),
                 _ => return Err("not a handover".to_owned()),
             };
-            let watch = cluster.lease_watch();
-            let now = Instant::now();
-            let live: BTreeSet<NodeId> = cluster
-                .members()
-                .into_iter()
-                .filter(|(id, m)| {
-                    !m.witness && Some(*id) != avoid && !watch.expired(&lease, *id, now)
-                })
-                .map(|(id, _)| id)
-                .collect();
+            let live = live_gateways(
+                &cluster,
+                &lease,
+                cluster
+                    .members()
+                    .into_iter()
+                    .filter(|(id, m)| !m.witness && Some(*id) != avoid)
+                    .map(|(id, _)| id),
+            );
             let tunnels: BTreeSet<String> = state.owners.keys().cloned().collect();
             let mut changes: Vec<Change> = marks
                 .into_iter()

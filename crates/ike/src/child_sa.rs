@@ -100,6 +100,20 @@ pub(crate) struct ChildEntry {
     pub rekeyed_by_peer: Option<RekeyRecord>,
 }
 
+impl ChildEntry {
+    /// A child just installed or adopted: no rekey or delete under way.
+    pub fn new(sa: ChildSa, rekey_at: Instant, expire_at: Instant) -> Self {
+        Self {
+            sa,
+            rekey_at,
+            expire_at,
+            retiring: false,
+            deleting: false,
+            rekeyed_by_peer: None,
+        }
+    }
+}
+
 /// One completed rekey exchange of a child, as needed to find the redundant SA.
 #[derive(Debug, Clone)]
 pub(crate) struct RekeyRecord {

@@ -139,8 +139,19 @@ impl IkeSa {
         cfg: &ConnectionConfig,
         io: &mut Io<'_>,
     ) -> Result<Self, tandem_crypto::CryptoError> {
-        let (cipher_out, cipher_in) = p.keys.ciphers(&p.proposal, p.initiator)?;
         let (rekey_at, expire_at) = lifetime_deadlines(io.now, cfg.ike_lifetime, io.rng);
+        Self::with_deadlines(p, io.now, rekey_at, expire_at)
+    }
+
+    /// A fresh SA with nothing outstanding, no children and no cached
+    /// response, established at `now`.
+    fn with_deadlines(
+        p: IkeSaParams,
+        now: Instant,
+        rekey_at: Instant,
+        expire_at: Instant,
+    ) -> Result<Self, tandem_crypto::CryptoError> {
+        let (cipher_out, cipher_in) = p.keys.ciphers(&p.proposal, p.initiator)?;
         Ok(Self {
             connection: p.connection,
             spi_i: p.spi_i,
@@ -158,8 +169,8 @@ impl IkeSa {
             outstanding: None,
             queue: VecDeque::new(),
             children: Vec::new(),
-            established_at: io.now,
-            last_received: io.now,
+            established_at: now,
+            last_received: now,
             rekey_at,
             expire_at,
             ike_rekey_started: false,
@@ -177,23 +188,7 @@ impl IkeSa {
         children: Vec<ChildSa>,
         now: Instant,
     ) -> Result<Self, tandem_crypto::CryptoError> {
-        let (cipher_out, cipher_in) = record.keys.ciphers(&record.proposal, record.initiator)?;
-        let children = record
-            .children
-            .iter()
-            .filter_map(|t| {
-                let sa = children.iter().find(|c| c.inbound_spi == t.inbound_spi)?;
-                Some(ChildEntry {
-                    sa: sa.clone(),
-                    rekey_at: now + t.rekey_in,
-                    expire_at: now + t.expire_in,
-                    retiring: false,
-                    deleting: false,
-                    rekeyed_by_peer: None,
-                })
-            })
-            .collect();
-        Ok(Self {
+        let params = IkeSaParams {
             connection: record.connection.clone(),
             spi_i: record.spi_i,
             spi_r: record.spi_r,
@@ -202,25 +197,28 @@ impl IkeSa {
             remote: record.remote,
             proposal: record.proposal,
             keys: record.keys.clone(),
-            cipher_out,
-            cipher_in,
             next_send_id: record.next_send_id,
             next_expected_id: record.next_expected_id,
-            last_response: record.last_response.clone(),
-            outstanding: None,
-            queue: VecDeque::new(),
-            children,
-            established_at: now,
-            last_received: now,
-            rekey_at: now + record.rekey_in,
-            expire_at: now + record.expire_in,
-            ike_rekey_started: false,
-            phase: if record.rekeyed {
-                Phase::Rekeyed
-            } else {
-                Phase::Active
-            },
-        })
+        };
+        let mut sa =
+            Self::with_deadlines(params, now, now + record.rekey_in, now + record.expire_in)?;
+        sa.last_response = record.last_response.clone();
+        sa.children = record
+            .children
+            .iter()
+            .filter_map(|t| {
+                let child = children.iter().find(|c| c.inbound_spi == t.inbound_spi)?;
+                Some(ChildEntry::new(
+                    child.clone(),
+                    now + t.rekey_in,
+                    now + t.expire_in,
+                ))
+            })
+            .collect();
+        if record.rekeyed {
+            sa.phase = Phase::Rekeyed;
+        }
+        Ok(sa)
     }
 
     /// The SA as the cluster replicates it, deadlines counted from `now`.
@@ -263,14 +261,8 @@ impl IkeSa {
     /// Adds a child SA and announces it.
     pub fn install_child(&mut self, child: ChildSa, cfg: &ConnectionConfig, io: &mut Io<'_>) {
         let (rekey_at, expire_at) = lifetime_deadlines(io.now, cfg.child_lifetime, io.rng);
-        self.children.push(ChildEntry {
-            sa: child.clone(),
-            rekey_at,
-            expire_at,
-            retiring: false,
-            deleting: false,
-            rekeyed_by_peer: None,
-        });
+        self.children
+            .push(ChildEntry::new(child.clone(), rekey_at, expire_at));
         io.events.push_back(Event::ChildSaInstalled(child));
     }
 
