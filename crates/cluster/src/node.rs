@@ -355,31 +355,44 @@ impl Cluster {
         fwd: &Forward,
         timeout: Duration,
     ) -> Result<(), Retry> {
-        let mut cached = self.leader_client.lock().await;
-        let mut client = match cached.take() {
-            Some((id, c)) if id == leader => c,
-            _ => connect(&self.tls, member).await.map_err(|e| {
+        // The lock covers the cache only, never a call: forwarded requests
+        // (lease renewals among them) must not queue behind one that waits
+        // on a leader that just died. A tonic client clones cheaply.
+        let cached = match &*self.leader_client.lock().await {
+            Some((id, c)) if *id == leader => Some(c.clone()),
+            _ => None,
+        };
+        let mut client = match cached {
+            Some(c) => c,
+            None => connect(&self.tls, member).await.map_err(|e| {
                 Retry::Yes(ClusterError::Unreachable {
                     leader: member.to_string(),
                     reason: e.to_string(),
                 })
             })?,
         };
-        match forward(&mut client, fwd, timeout).await {
-            Ok(result) => {
-                *cached = Some((leader, client));
-                result.map_err(|f| {
-                    let e = ClusterError::Refused {
-                        leader: member.to_string(),
-                        message: f.message,
-                    };
-                    if f.not_leader.is_some() || f.busy {
-                        Retry::Yes(e)
-                    } else {
-                        Retry::No(e)
-                    }
-                })
+        let answer = forward(&mut client, fwd, timeout).await;
+        {
+            let mut cache = self.leader_client.lock().await;
+            if answer.is_ok() {
+                *cache = Some((leader, client));
+            } else if cache.as_ref().is_some_and(|(id, _)| *id == leader) {
+                // Drop a channel that failed, as before: the next call dials.
+                *cache = None;
             }
+        }
+        match answer {
+            Ok(result) => result.map_err(|f| {
+                let e = ClusterError::Refused {
+                    leader: member.to_string(),
+                    message: f.message,
+                };
+                if f.not_leader.is_some() || f.busy {
+                    Retry::Yes(e)
+                } else {
+                    Retry::No(e)
+                }
+            }),
             Err(reason) => Err(Retry::Yes(ClusterError::Unreachable {
                 leader: member.to_string(),
                 reason,
