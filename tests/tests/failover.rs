@@ -88,7 +88,7 @@ fn ha_cluster(site: &HaSite, gateways: u64, witnesses: u64, mode: &str) -> anyho
         m.node.ike_port = 500;
         m.node.natt_port = 4500;
         m.extra = format!(
-            "{mode}lease = \"500ms\"\nvip_interface = \"{}\"\nvip_prefix_len = 24\nlan_interface = \"{}\"\nlan_prefix_len = 16\n",
+            "{mode}lease = \"400ms\"\nvip_interface = \"{}\"\nvip_prefix_len = 24\nlan_interface = \"{}\"\nlan_prefix_len = 16\n",
             site.node_ifs[i - 1],
             site.lan_ifs[i - 1]
         );

@@ -159,7 +159,7 @@ pub async fn manage_owners(
 ) {
     // Renewals stall while the cluster elects, so right after an election
     // every gateway's lease looks lapsed to the new leader; it judges only
-    // once live gateways have had time to renew through it.
+    // once live gateways have had a renewal period to renew through it.
     let mut leader_since: Option<Instant> = None;
     loop {
         // Twice per renewal period: a lapsed lease is acted on within ~40 ms.
@@ -177,7 +177,7 @@ pub async fn manage_owners(
             .filter(|(id, m)| !m.witness && voters.contains(id))
             .map(|(id, _)| id)
             .collect();
-        let judge = leader_since.is_some_and(|t| t.elapsed() >= lease.renew_every * 2);
+        let judge = leader_since.is_some_and(|t| t.elapsed() >= lease.renew_every);
         let live = judge.then(|| live_gateways(&cluster, &lease, gateways.iter().copied()));
         let (mut changes, moves) = cluster.read_state(|state| {
             (
