@@ -4,7 +4,8 @@
 //! A gateway renews its lease by committing `LeaseRenewed` through Raft. The
 //! holder counts its lease from the moment it *sent* the renewal, and only
 //! once the renewal is committed; every other node counts from the moment it
-//! *applied* the renewal, which is later in real time. The holder stops
+//! first *saw* the renewal (appended it to its log, or applied it if it never
+//! appended it), which is later in real time. The holder stops
 //! sending after `duration * (1 - drift)` of its own clock; the others wait
 //! `duration * (1 + drift)` of theirs before they take its tunnels. With clock
 //! rates that differ by less than `drift`, the holder has always stopped
@@ -79,10 +80,19 @@ impl OwnLease {
 /// Every other node's lease as this node observes it, from the renewals it
 /// applied. A node not seen since this one started counts as renewed at the
 /// start: it may have renewed just before.
+///
+/// A renewal counts from when this node appended it to its log, not from
+/// when it applied it: after the leader dies, its last entries are committed
+/// (and applied) only once a new leader is elected, hundreds of milliseconds
+/// later, and counting from then would hold a dead owner's tunnels that much
+/// longer. The append still comes after the holder sent the renewal, so the
+/// holder has stopped first all the same.
 #[derive(Debug, Clone)]
 pub struct LeaseWatch {
     started: Instant,
     seen: BTreeMap<NodeId, Instant>,
+    /// Renewals in this node's log not yet applied: log index -> appended at.
+    appended: BTreeMap<u64, Instant>,
 }
 
 impl LeaseWatch {
@@ -90,15 +100,32 @@ impl LeaseWatch {
         Self {
             started,
             seen: BTreeMap::new(),
+            appended: BTreeMap::new(),
         }
     }
 
-    /// A renewal by `node` was applied here at `now`.
-    pub fn observe(&mut self, node: NodeId, now: Instant) {
-        self.seen.insert(node, now);
+    /// The renewal at log `index` was appended here at `now`. Appending
+    /// again at an index (after a truncation) replaces the earlier time.
+    pub fn appended(&mut self, index: u64, now: Instant) {
+        self.appended.insert(index, now);
     }
 
-    /// When `node`'s renewal was last applied here (or this node's start).
+    /// The log from `index` on was truncated: those renewals may never apply.
+    pub fn truncated(&mut self, index: u64) {
+        self.appended.split_off(&index);
+    }
+
+    /// The renewal by `node` at log `index` was applied here at `now`; it
+    /// counts from when it was appended, if this node appended it.
+    pub fn observe(&mut self, node: NodeId, index: u64, now: Instant) {
+        let at = self.appended.remove(&index).unwrap_or(now);
+        // Applied in index order: nothing older than this is still pending.
+        self.appended = self.appended.split_off(&index);
+        let seen = self.seen.entry(node).or_insert(at);
+        *seen = (*seen).max(at);
+    }
+
+    /// When `node`'s renewal was last seen here (or this node's start).
     pub fn last_seen(&self, node: NodeId) -> Instant {
         self.seen.get(&node).copied().unwrap_or(self.started)
     }
@@ -123,7 +150,7 @@ mod tests {
         // Sent at 10 ms, committed and applied elsewhere at 12 ms, confirmed
         // to the holder at 13 ms.
         let sent = start + Duration::from_millis(10);
-        watch.observe(1, start + Duration::from_millis(12));
+        watch.observe(1, 5, start + Duration::from_millis(12));
         own.renewed(&t, sent);
         let holder_stops = own.valid_until().unwrap();
         assert!(own.valid(holder_stops - Duration::from_millis(1)));
@@ -148,6 +175,35 @@ mod tests {
             own.valid_until(),
             Some(start + Duration::from_millis(200) + t.holder_validity())
         );
+    }
+
+    /// A renewal appended just before the leader died and applied after the
+    /// next election counts from its append; one never appended here (it
+    /// came in a snapshot, or was truncated and replaced) from its apply.
+    #[test]
+    fn a_renewal_counts_from_when_it_was_appended() {
+        let t = LeaseTiming::default();
+        let start = Instant::now();
+        let ms = |n| start + Duration::from_millis(n);
+        let mut watch = LeaseWatch::new(start);
+        watch.appended(7, ms(10));
+        watch.appended(8, ms(20));
+        watch.observe(1, 7, ms(500));
+        assert_eq!(watch.last_seen(1), ms(10));
+        watch.truncated(8);
+        watch.observe(1, 8, ms(600));
+        assert_eq!(watch.last_seen(1), ms(600));
+        // An entry appended but skipped by apply (not a renewal after all
+        // the truncation) does not linger.
+        watch.appended(9, ms(650));
+        watch.observe(2, 10, ms(700));
+        assert_eq!(watch.last_seen(2), ms(700));
+        assert!(watch.appended.is_empty());
+        // Seen times never go backwards.
+        watch.appended(11, ms(50));
+        watch.observe(1, 11, ms(800));
+        assert_eq!(watch.last_seen(1), ms(600));
+        assert!(!watch.expired(&t, 1, ms(600) + t.duration));
     }
 
     #[test]

@@ -51,11 +51,15 @@ impl Default for RaftTiming {
     fn default() -> Self {
         Self {
             // A leader change must finish well within a gateway's lease
-            // (600 ms by default), or healthy owners fence themselves while
-            // the cluster elects.
+            // (600 ms by default): a dead leader that owned tunnels holds
+            // them until a new leader moves them, and healthy owners fence
+            // themselves while the cluster elects. openraft's followers wait
+            // `election_max` (its leader lease) plus their own timeout from
+            // [min, max) after the last heartbeat, checked every 1.5
+            // heartbeats: here 300-475 ms, still six heartbeats at least.
             heartbeat: Duration::from_millis(50),
-            election_min: Duration::from_millis(150),
-            election_max: Duration::from_millis(300),
+            election_min: Duration::from_millis(100),
+            election_max: Duration::from_millis(200),
             snapshot_every: 5_000,
         }
     }

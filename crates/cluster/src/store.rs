@@ -110,17 +110,19 @@ pub fn open(
             .spawn(move || write_log(&shared, &pending, &queue))
             .map_err(write_err)?;
     }
+    let leases = Arc::new(Mutex::new(LeaseWatch::new(std::time::Instant::now())));
     Ok((
         LogStore {
             shared: shared.clone(),
             pending,
             ops,
+            leases: leases.clone(),
         },
         StateMachine {
             shared,
             applied: Arc::new(RwLock::new(applied)),
             events,
-            leases: Arc::new(Mutex::new(LeaseWatch::new(std::time::Instant::now()))),
+            leases,
         },
         rx,
     ))
@@ -239,12 +241,10 @@ enum Op {
     ),
 }
 
-fn lock(
-    pending: &Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
-) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
-    // The map only caches entries also queued for the writer; a panic while
-    // it was held left it whole (inserts and removals are single calls).
-    pending
+fn lock<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Both guarded maps (entries queued for the writer, lease times) change
+    // by single calls: a panic while one was held left it whole.
+    shared
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -329,6 +329,8 @@ pub struct LogStore {
     shared: Arc<Shared>,
     pending: Pending,
     ops: std::sync::mpsc::Sender<Op>,
+    /// The state machine's: told when a lease renewal enters the log.
+    leases: Arc<Mutex<LeaseWatch>>,
 }
 
 impl Debug for LogStore {
@@ -427,6 +429,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let now = std::time::Instant::now();
+        for e in &entries {
+            if let EntryPayload::Normal(cmd) = &e.payload
+                && cmd
+                    .changes
+                    .iter()
+                    .any(|c| matches!(c, Change::LeaseRenewed { .. }))
+            {
+                lock(&self.leases).appended(e.log_id.index, now);
+            }
+        }
         let sealed = entries
             .iter()
             .map(|e| (e.log_id, self.shared.seal_entry(e)))
@@ -438,6 +451,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        lock(&self.leases).truncated(log_id.index);
         self.remove((Bound::Included(log_id.index), Bound::Unbounded), None)
             .await
     }
@@ -556,10 +570,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     for change in &cmd.changes {
                         a.state.apply(change);
                         if let Change::LeaseRenewed { node, .. } = change {
-                            self.leases
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .observe(*node, std::time::Instant::now());
+                            lock(&self.leases).observe(
+                                *node,
+                                entry.log_id.index,
+                                std::time::Instant::now(),
+                            );
                         }
                     }
                     // The receiver may be gone (a witness); nothing to tell then.
