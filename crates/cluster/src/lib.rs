@@ -12,10 +12,12 @@ pub mod command;
 pub mod lease;
 pub mod node;
 pub mod ownership;
+pub mod runtime;
 pub mod seal;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod transport;
 
 mod network;
 
@@ -23,6 +25,21 @@ pub use command::{Change, Command};
 pub use node::{Cluster, ClusterConfig, ClusterError, StateEvent};
 pub use seal::StorageKey;
 pub use state::ClusterState;
+pub use store::{Disk, MemoryDisk};
+pub use transport::{Conn, Links, Transport};
+
+/// The time now, by the runtime's clock: the same as the system's monotonic
+/// clock in tandemd, simulated time inside the failover simulator. Lease
+/// and timer arithmetic everywhere uses it, never `Instant::now()` directly.
+pub fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// How long ago `then` was, by [`now`] (`Instant::elapsed` reads the system
+/// clock, which the simulator does not drive).
+pub fn since(then: std::time::Instant) -> std::time::Duration {
+    now().saturating_duration_since(then)
+}
 
 pub type NodeId = u64;
 
@@ -56,7 +73,7 @@ openraft::declare_raft_types!(
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = runtime::Runtime,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -19,28 +19,12 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tandem_rpc::raft::Payload;
 use tandem_rpc::raft::raft_client::RaftClient;
 use tandem_rpc::raft::raft_server;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::command::{Command, WIRE_VERSION, decode, encode};
-use crate::tls::NodeTls;
+use crate::transport::Transport;
 use crate::{Member, NodeId, Raft, TypeConfig};
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Opens a mutual-TLS channel to a member.
-pub(crate) async fn connect(
-    tls: &NodeTls,
-    member: &Member,
-) -> Result<RaftClient<Channel>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(format!("https://{}", member.addr))?
-        .tls_config(tls.client(&member.name))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    Ok(RaftClient::new(channel))
-}
 
 fn payload<T: Serialize>(value: &T) -> Payload {
     Payload {
@@ -58,7 +42,7 @@ fn unpack<T: DeserializeOwned>(p: &Payload) -> Result<T, crate::command::CodecEr
 /// Builds one [`Peer`] per target; openraft calls it as it needs.
 #[derive(Debug, Clone)]
 pub(crate) struct Network {
-    pub tls: NodeTls,
+    pub transport: Transport,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -68,7 +52,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Peer {
             target,
             member: node.clone(),
-            tls: self.tls.clone(),
+            transport: self.transport.clone(),
             client: None,
         }
     }
@@ -78,7 +62,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub(crate) struct Peer {
     target: NodeId,
     member: Member,
-    tls: NodeTls,
+    transport: Transport,
     client: Option<RaftClient<Channel>>,
 }
 
@@ -103,7 +87,9 @@ impl Peer {
     {
         let client = match self.client.take() {
             Some(c) => c,
-            None => connect(&self.tls, &self.member)
+            None => self
+                .transport
+                .connect(&self.member)
                 .await
                 .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?,
         };

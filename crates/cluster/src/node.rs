@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -14,10 +13,10 @@ use tokio::sync::{Mutex, mpsc};
 use tonic::transport::{Channel, Server};
 
 use crate::lease::{LeaseTiming, LeaseWatch};
-use crate::network::{Forward, Network, Service, connect, execute, forward};
+use crate::network::{Forward, Network, Service, execute, forward};
 pub use crate::store::StateEvent;
-use crate::store::{self, Applied};
-use crate::tls::NodeTls;
+use crate::store::{self, Applied, Disk};
+use crate::transport::Transport;
 use crate::{Change, ClusterState, Command, Member, NodeId, Raft, StorageKey};
 
 /// How long a proposal may take, leader changes and forwarding included,
@@ -31,8 +30,8 @@ pub struct ClusterConfig {
     pub id: NodeId,
     pub member: Member,
     pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    pub tls: NodeTls,
+    pub disk: Disk,
+    pub transport: Transport,
     pub storage_key: StorageKey,
     pub timing: RaftTiming,
 }
@@ -89,7 +88,9 @@ pub struct Cluster {
     raft: Raft,
     applied: Arc<RwLock<Applied>>,
     leases: Arc<std::sync::Mutex<LeaseWatch>>,
-    tls: NodeTls,
+    transport: Transport,
+    /// The last lease renewal's `at_ms`.
+    last_renewal: std::sync::atomic::AtomicU64,
     /// A cached channel to the leader for forwarded requests.
     leader_client: Mutex<Option<(NodeId, RaftClient<Channel>)>>,
     events: std::sync::Mutex<Option<mpsc::UnboundedReceiver<StateEvent>>>,
@@ -121,43 +122,61 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Config(e.to_string()))?;
-        let (log, sm, events) = store::open(&cfg.data_dir, cfg.storage_key)
+        let (log, sm, events) = store::open(&cfg.disk, cfg.storage_key)
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
         let applied = sm.applied.clone();
         let leases = sm.leases.clone();
         let network = Network {
-            tls: cfg.tls.clone(),
+            transport: cfg.transport.clone(),
         };
         let raft = Raft::new(cfg.id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|e| ClusterError::Listen {
-                addr: cfg.listen,
-                reason: e.to_string(),
-            })?;
-        let router = Server::builder()
-            .tls_config(cfg.tls.server())
-            .map_err(|e| ClusterError::Config(format!("TLS: {e}")))?
+        let listen_err = |e: &dyn std::fmt::Display| ClusterError::Listen {
+            addr: cfg.listen,
+            reason: e.to_string(),
+        };
+        let mut builder = Server::builder();
+        if let Transport::Tls(tls) = &cfg.transport {
+            builder = builder
+                .tls_config(tls.server())
+                .map_err(|e| ClusterError::Config(format!("TLS: {e}")))?;
+        }
+        let router = builder
             .tcp_nodelay(true)
             .add_service(RaftServer::new(Service { raft: raft.clone() }));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let stopped = async {
-                let _ = stopped.await;
-            };
-            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopped).await {
-                tracing::error!(error = %e, "cluster listener stopped");
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let server = match &cfg.transport {
+            Transport::Tls(_) => {
+                let listener = tokio::net::TcpListener::bind(cfg.listen)
+                    .await
+                    .map_err(|e| listen_err(&e))?;
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                tokio::spawn(async move {
+                    if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopped).await {
+                        tracing::error!(error = %e, "cluster listener stopped");
+                    }
+                })
             }
-        });
+            Transport::Plain(links) => {
+                let incoming = links.listen(cfg.listen).await.map_err(|e| listen_err(&e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopped).await {
+                        tracing::error!(error = %e, "cluster listener stopped");
+                    }
+                })
+            }
+        };
         Ok(Self {
             id: cfg.id,
             raft,
             applied,
             leases,
-            tls: cfg.tls,
+            transport: cfg.transport,
+            last_renewal: std::sync::atomic::AtomicU64::new(0),
             leader_client: Mutex::new(None),
             events: std::sync::Mutex::new(Some(events)),
             server,
@@ -170,19 +189,38 @@ impl Cluster {
     }
 
     /// Renews this node's lease through Raft; returns when the renewal was
-    /// sent, from which the lease counts once committed (see `lease`).
-    pub async fn renew_lease(&self, timing: &LeaseTiming) -> Result<Instant, ClusterError> {
-        let sent = Instant::now();
-        let at_ms = std::time::SystemTime::now()
+    /// sent, from which the lease counts once committed (see `lease`), and
+    /// applied here too: by then this node's view of who owns what is at
+    /// least as new as the renewal, so a node that restarted with an old log
+    /// never sends for a tunnel it lost while it was down. Also returns the
+    /// log index applied here by then.
+    pub async fn renew_lease(&self, timing: &LeaseTiming) -> Result<(Instant, u64), ClusterError> {
+        let sent = crate::now();
+        // Strictly increasing, so this renewal is told apart from earlier ones.
+        let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let applied = self.read_state(|s| s.leases.get(&self.id).map_or(0, |l| l.at_ms));
+        let at_ms = wall.max(applied + 1).max(
+            self.last_renewal
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1,
+        );
+        self.last_renewal
+            .fetch_max(at_ms, std::sync::atomic::Ordering::Relaxed);
         self.propose(Command::one(Change::LeaseRenewed {
             node: self.id,
             at_ms,
             duration_ms: timing.duration.as_millis() as u64,
         }))
         .await?;
-        Ok(sent)
+        let mut metrics = self.raft.metrics();
+        while !self.read_state(|s| s.leases.get(&self.id).is_some_and(|l| l.at_ms >= at_ms)) {
+            if metrics.changed().await.is_err() {
+                return Err(ClusterError::NoLeader);
+            }
+        }
+        Ok((sent, self.applied_index().unwrap_or(0)))
     }
 
     /// Each node's leases as this node observed them applied.
@@ -368,7 +406,7 @@ impl Cluster {
         };
         let mut client = match cached {
             Some(c) => c,
-            None => connect(&self.tls, member).await.map_err(|e| {
+            None => self.transport.connect(member).await.map_err(|e| {
                 Retry::Yes(ClusterError::Unreachable {
                     leader: member.to_string(),
                     reason: e.to_string(),

@@ -75,6 +75,28 @@ impl ClusterState {
         }
     }
 
+    /// Applies a whole command, unless it carries IKE state from a node that
+    /// does not own the tunnel: an owner that lost its tunnel (its lease
+    /// lapsed while it was cut off) may still have a step in flight, and
+    /// committing it would roll the new owner's IKE SA back (invariant 2).
+    /// Returns whether it was applied.
+    pub fn apply_command(&mut self, changes: &[Change]) -> bool {
+        let stale = changes.iter().any(|c| match c {
+            Change::IkeSaCommitted { by, record } => self
+                .owners
+                .get(&record.connection)
+                .is_some_and(|owner| owner != by),
+            _ => false,
+        });
+        if stale {
+            return false;
+        }
+        for change in changes {
+            self.apply(change);
+        }
+        true
+    }
+
     pub fn apply(&mut self, change: &Change) {
         match change {
             Change::TunnelUpsert(cfg) => {

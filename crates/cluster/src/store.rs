@@ -15,11 +15,10 @@
 // return the same so `?` works throughout. Errors here are rare and fatal.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -82,13 +81,49 @@ pub struct Applied {
     pub state: ClusterState,
 }
 
-/// Opens (or creates) a node's store under `dir`.
+/// Where a node keeps its log and snapshots.
+#[derive(Debug, Clone)]
+pub enum Disk {
+    /// A redb file in this directory, written by a writer thread that
+    /// fsyncs: what tandemd uses.
+    Dir(std::path::PathBuf),
+    /// A redb database in memory, written inline: the failover simulator's
+    /// disk. It outlives a crash of the node that wrote it as long as the
+    /// simulator keeps the handle, as a synced disk outlives a power cut.
+    Memory(MemoryDisk),
+}
+
+/// An in-memory database; clones share it.
+#[derive(Clone)]
+pub struct MemoryDisk(Arc<Database>);
+
+impl MemoryDisk {
+    pub fn new() -> std::io::Result<Self> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(std::io::Error::other)?;
+        Ok(Self(Arc::new(db)))
+    }
+}
+
+impl Debug for MemoryDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryDisk")
+    }
+}
+
+/// Opens (or creates) a node's store on `disk`.
 pub fn open(
-    dir: &Path,
+    disk: &Disk,
     key: StorageKey,
 ) -> Result<(LogStore, StateMachine, mpsc::UnboundedReceiver<StateEvent>), SError> {
-    std::fs::create_dir_all(dir).map_err(write_err)?;
-    let db = Database::create(dir.join("tandem.redb")).map_err(write_err)?;
+    let db = match disk {
+        Disk::Dir(dir) => {
+            std::fs::create_dir_all(dir).map_err(write_err)?;
+            Arc::new(Database::create(dir.join("tandem.redb")).map_err(write_err)?)
+        }
+        Disk::Memory(m) => m.0.clone(),
+    };
     let shared = Arc::new(Shared { db, key });
     {
         let txn = shared.db.begin_write().map_err(write_err)?;
@@ -102,20 +137,25 @@ pub fn open(
     };
     let (events, rx) = mpsc::unbounded_channel();
     let pending = Arc::new(Mutex::new(BTreeMap::new()));
-    let (ops, queue) = std::sync::mpsc::channel();
-    {
-        let (shared, pending) = (shared.clone(), pending.clone());
-        std::thread::Builder::new()
-            .name("raft-log".into())
-            .spawn(move || write_log(&shared, &pending, &queue))
-            .map_err(write_err)?;
-    }
-    let leases = Arc::new(Mutex::new(LeaseWatch::new(std::time::Instant::now())));
+    let writer = match disk {
+        Disk::Dir(_) => {
+            let (ops, queue) = std::sync::mpsc::channel();
+            let (shared, pending) = (shared.clone(), pending.clone());
+            std::thread::Builder::new()
+                .name("raft-log".into())
+                .spawn(move || write_log(&shared, &pending, &queue))
+                .map_err(write_err)?;
+            Writer::Thread(ops)
+        }
+        // No thread: a simulation must not depend on the OS scheduler.
+        Disk::Memory(_) => Writer::Inline,
+    };
+    let leases = Arc::new(Mutex::new(LeaseWatch::new(crate::now())));
     Ok((
         LogStore {
             shared: shared.clone(),
             pending,
-            ops,
+            writer,
             leases: leases.clone(),
         },
         StateMachine {
@@ -130,7 +170,7 @@ pub fn open(
 
 #[derive(Debug)]
 struct Shared {
-    db: Database,
+    db: Arc<Database>,
     key: StorageKey,
 }
 
@@ -227,13 +267,16 @@ impl Shared {
 /// Entries handed to the writer thread and not yet durable, by index.
 type Pending = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
 
+/// Log entries sealed for the disk, with their ids.
+type Sealed = Vec<(LogId<NodeId>, Vec<u8>)>;
+
 /// A write the writer thread runs in its turn.
 type WriteFn = Box<dyn FnOnce(&Shared) -> Result<(), SError> + Send>;
 
 /// Work for the writer thread, done in the order it was sent.
 enum Op {
     /// Sealed entries; the callback learns when they are durable.
-    Append(Vec<(LogId<NodeId>, Vec<u8>)>, LogFlushed<TypeConfig>),
+    Append(Sealed, LogFlushed<TypeConfig>),
     /// Any other write; the reply, if one waits, carries its result.
     Write(
         WriteFn,
@@ -267,14 +310,7 @@ fn write_log(
             },
         };
         match op {
-            Op::Write(write, Some(reply)) => {
-                let _ = reply.send(write(shared));
-            }
-            Op::Write(write, None) => {
-                if let Err(e) = write(shared) {
-                    tracing::error!(error = %e, "Raft store write failed");
-                }
-            }
+            Op::Write(write, reply) => run_write(shared, write, reply),
             Op::Append(entries, callback) => {
                 let mut batch = vec![(entries, callback)];
                 while let Ok(op) = queue.try_recv() {
@@ -286,26 +322,62 @@ fn write_log(
                         }
                     }
                 }
-                let result = commit_entries(shared, batch.iter().flat_map(|(e, _)| e));
-                if result.is_ok() {
-                    let mut p = lock(pending);
-                    for (log_id, _) in batch.iter().flat_map(|(e, _)| e) {
-                        // A truncation may have replaced it meanwhile.
-                        if p.get(&log_id.index).is_some_and(|e| e.log_id == *log_id) {
-                            p.remove(&log_id.index);
-                        }
-                    }
-                }
-                for (_, callback) in batch {
-                    let r = result
-                        .as_ref()
-                        .map(|_| ())
-                        .map_err(|e| std::io::Error::other(e.to_string()));
-                    callback.log_io_completed(r);
-                }
+                run_appends(shared, pending, batch);
             }
         }
     }
+}
+
+fn run_write(
+    shared: &Shared,
+    write: WriteFn,
+    reply: Option<tokio::sync::oneshot::Sender<Result<(), SError>>>,
+) {
+    let result = write(shared);
+    match reply {
+        Some(reply) => {
+            let _ = reply.send(result);
+        }
+        None => {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "Raft store write failed");
+            }
+        }
+    }
+}
+
+/// Commits a batch of appends in one transaction and tells each caller.
+fn run_appends(
+    shared: &Shared,
+    pending: &Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
+    batch: Vec<(Sealed, LogFlushed<TypeConfig>)>,
+) {
+    let result = commit_entries(shared, batch.iter().flat_map(|(e, _)| e));
+    if result.is_ok() {
+        let mut p = lock(pending);
+        for (log_id, _) in batch.iter().flat_map(|(e, _)| e) {
+            // A truncation may have replaced it meanwhile.
+            if p.get(&log_id.index).is_some_and(|e| e.log_id == *log_id) {
+                p.remove(&log_id.index);
+            }
+        }
+    }
+    for (_, callback) in batch {
+        let r = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        callback.log_io_completed(r);
+    }
+}
+
+/// Where the log store's writes go.
+#[derive(Clone)]
+enum Writer {
+    /// The writer thread (a file disk).
+    Thread(std::sync::mpsc::Sender<Op>),
+    /// Done at once, on the caller's task (a memory disk).
+    Inline,
 }
 
 fn commit_entries<'a>(
@@ -328,7 +400,7 @@ fn commit_entries<'a>(
 pub struct LogStore {
     shared: Arc<Shared>,
     pending: Pending,
-    ops: std::sync::mpsc::Sender<Op>,
+    writer: Writer,
     /// The state machine's: told when a lease renewal enters the log.
     leases: Arc<Mutex<LeaseWatch>>,
 }
@@ -404,12 +476,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // index after a crash is safe (openraft re-learns it from the leader;
         // it only spares re-applying entries at start).
         // Nor waited for: nothing depends on it being written.
-        self.ops
-            .send(Op::Write(
-                Box::new(move |shared| shared.put_meta(COMMITTED, &committed, false)),
-                None,
-            ))
-            .map_err(|_| StorageIOError::write(&WriterGone).into())
+        self.submit(Op::Write(
+            Box::new(move |shared| shared.put_meta(COMMITTED, &committed, false)),
+            None,
+        ))
+        .map_err(|_| StorageIOError::write(&WriterGone).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SError> {
@@ -429,7 +500,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let now = std::time::Instant::now();
+        let now = crate::now();
         for e in &entries {
             if let EntryPayload::Normal(cmd) = &e.payload
                 && cmd
@@ -445,8 +516,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| (e.log_id, self.shared.seal_entry(e)))
             .collect();
         lock(&self.pending).extend(entries.into_iter().map(|e| (e.log_id.index, e)));
-        self.ops
-            .send(Op::Append(sealed, callback))
+        self.submit(Op::Append(sealed, callback))
             .map_err(|_| StorageIOError::write_logs(&WriterGone).into())
     }
 
@@ -471,6 +541,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 struct WriterGone;
 
 impl LogStore {
+    /// Queues `op` for the writer thread, or does it now (inline writer).
+    fn submit(&self, op: Op) -> Result<(), WriterGone> {
+        match &self.writer {
+            Writer::Thread(ops) => ops.send(op).map_err(|_| WriterGone),
+            Writer::Inline => {
+                match op {
+                    Op::Write(write, reply) => run_write(&self.shared, write, reply),
+                    Op::Append(entries, callback) => {
+                        run_appends(&self.shared, &self.pending, vec![(entries, callback)]);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Runs `write` on the writer thread, after every write queued before it,
     /// and waits for its result.
     async fn write(
@@ -479,8 +565,7 @@ impl LogStore {
     ) -> Result<(), SError> {
         let (reply, result) = tokio::sync::oneshot::channel();
         let gone = || -> SError { StorageIOError::write(&WriterGone).into() };
-        self.ops
-            .send(Op::Write(Box::new(write), Some(reply)))
+        self.submit(Op::Write(Box::new(write), Some(reply)))
             .map_err(|_| gone())?;
         result.await.map_err(|_| gone())?
     }
@@ -567,20 +652,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(cmd) => {
-                    for change in &cmd.changes {
-                        a.state.apply(change);
-                        if let Change::LeaseRenewed { node, .. } = change {
-                            lock(&self.leases).observe(
-                                *node,
-                                entry.log_id.index,
-                                std::time::Instant::now(),
-                            );
+                    let applied = a.state.apply_command(&cmd.changes);
+                    if applied {
+                        for change in &cmd.changes {
+                            if let Change::LeaseRenewed { node, .. } = change {
+                                lock(&self.leases).observe(*node, entry.log_id.index, crate::now());
+                            }
                         }
+                    } else {
+                        tracing::warn!(
+                            index = entry.log_id.index,
+                            "refused IKE state from a node that no longer owns its tunnel"
+                        );
                     }
                     // The receiver may be gone (a witness); nothing to tell then.
                     let _ = self.events.send(StateEvent::Applied {
                         index: entry.log_id.index,
-                        changes: cmd.changes,
+                        changes: if applied { cmd.changes } else { Vec::new() },
                     });
                 }
                 EntryPayload::Membership(m) => {
@@ -646,4 +734,56 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             snapshot: Box::new(Cursor::new(sealed)),
         })
     }
+}
+
+/// The SAs a disk holds, whether or not yet committed.
+#[derive(Debug, Default)]
+pub struct DurableSas {
+    /// Inbound SPIs of child SAs.
+    pub children: BTreeSet<u32>,
+    /// (initiator SPI, responder SPI) of IKE SAs.
+    pub ike: BTreeSet<(u64, u64)>,
+}
+
+/// The SAs a memory disk holds durably, in its snapshot or its log. For
+/// the failover simulator's check that every SA the peer uses exists on a
+/// quorum (DESIGN.md invariant 1).
+pub fn durable_sas(disk: &MemoryDisk, key: &StorageKey) -> Result<DurableSas, SError> {
+    let shared = Shared {
+        db: disk.0.clone(),
+        key: key.clone(),
+    };
+    let mut children = BTreeSet::new();
+    let mut ike = BTreeSet::new();
+    if let Some((_, data)) = shared.snapshot()? {
+        let applied = shared.open_snapshot(&data)?;
+        children.extend(applied.state.child_sas.keys().copied());
+        ike.extend(
+            applied
+                .state
+                .ike_sas
+                .values()
+                .map(|sa| (sa.record.spi_i, sa.record.spi_r)),
+        );
+    }
+    let txn = shared.db.begin_read().map_err(read_logs_err)?;
+    let table = txn.open_table(LOG).map_err(read_logs_err)?;
+    for row in table.iter().map_err(read_logs_err)? {
+        let (index, sealed) = row.map_err(read_logs_err)?;
+        let entry = shared.open_entry(index.value(), sealed.value())?;
+        if let EntryPayload::Normal(cmd) = entry.payload {
+            for change in cmd.changes {
+                match change {
+                    Change::ChildSaInstalled(c) => {
+                        children.insert(c.inbound_spi);
+                    }
+                    Change::IkeSaCommitted { record, .. } => {
+                        ike.insert((record.spi_i, record.spi_r));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(DurableSas { children, ike })
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use tandem_cluster::node::RaftTiming;
 use tandem_cluster::tls::{self, NodeTls};
-use tandem_cluster::{Change, Cluster, ClusterConfig, Command, Member, NodeId, StorageKey};
+use tandem_cluster::{
+    Change, Cluster, ClusterConfig, Command, Disk, Member, NodeId, StorageKey, Transport,
+};
 
 struct Net {
     _dir: tempfile::TempDir,
@@ -68,8 +70,8 @@ impl Net {
             id,
             member: self.member(id),
             listen: self.member(id).addr.parse().unwrap(),
-            data_dir: self.data(id),
-            tls: NodeTls::from_dir(pki, &format!("n{id}")).unwrap(),
+            disk: Disk::Dir(self.data(id)),
+            transport: Transport::Tls(NodeTls::from_dir(pki, &format!("n{id}")).unwrap()),
             storage_key: StorageKey::load(&pki.join("storage.key")).unwrap(),
             timing: RaftTiming {
                 snapshot_every: 50,

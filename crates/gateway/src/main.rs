@@ -5,14 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-mod admin;
-mod config;
-mod control;
-mod dataplane;
-mod node;
-mod replication;
-mod tun;
-mod vip;
+use tandem_gateway::{config, control, node};
 
 #[derive(Parser)]
 #[command(

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use tandem_cluster::lease::{LeaseTiming, OwnLease};
 use tandem_cluster::ownership::Mode;
 use tandem_cluster::{Change, Cluster, StateEvent};
-use tandem_crypto::OsRandom;
+use tandem_crypto::{OsRandom, SecureRandom};
 use tandem_ike::endpoint::{ChildSa, Endpoint, Event, Transmit};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -23,6 +23,7 @@ use tun_rs::AsyncDevice;
 use crate::config::Config;
 use crate::control::{self, Command, Request};
 use crate::dataplane::{Dataplane, Decapsulated};
+use crate::io::{Input, Io, SystemIo};
 use crate::replication::{self, Background, Step};
 use crate::tun;
 use crate::vip::TunnelAddresses;
@@ -63,16 +64,6 @@ fn bind_udp(addr: SocketAddr, freebind: bool) -> anyhow::Result<UdpSocket> {
     Ok(UdpSocket::from_std(socket.into())?)
 }
 
-/// Something the main loop has to react to.
-enum Input {
-    Udp {
-        local: SocketAddr,
-        remote: SocketAddr,
-        data: Vec<u8>,
-    },
-    Tun(Vec<u8>),
-}
-
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let cluster = match &config.cluster {
         Some(settings) => Some(replication::start(&config.node_name, settings).await?),
@@ -91,7 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let (input_tx, mut input_rx) = mpsc::channel::<Input>(4096);
+    let (input_tx, input_rx) = mpsc::channel::<Input>(4096);
     let mut sockets = BTreeMap::new();
     for (ike, natt) in config.ike_addrs() {
         for addr in [ike, natt] {
@@ -105,10 +96,56 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tokio::spawn(read_tun(tun_dev.clone(), input_tx.clone()));
 
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Request>(16);
+    let (ctl_tx, ctl_rx) = mpsc::channel::<Request>(16);
     serve_admin(&config, cluster.as_ref(), &ctl_tx).await?;
     control::serve(&config.control_socket, ctl_tx)?;
+    let addresses = TunnelAddresses::new(&config).await?;
+    // A node starts owning nothing: addresses left behind by a crash of this
+    // process would contest the real owner's.
+    addresses.release_all().await;
+    let io = SystemIo {
+        sockets,
+        tun: tun_dev,
+        addresses,
+    };
+    serve(
+        &config,
+        cluster,
+        io,
+        Box::new(OsRandom),
+        (input_rx, ctl_rx),
+        shutdown(),
+    )
+    .await
+}
 
+/// SIGINT or SIGTERM.
+async fn shutdown() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install a SIGTERM handler; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// A gateway's main loop, over any IO: the packets and datagrams that come
+/// in on the first channel, the control commands on the second,
+/// replication with `cluster` (none standalone), until `stop` completes.
+pub async fn serve<I: Io>(
+    config: &Config,
+    cluster: Option<Arc<Cluster>>,
+    io: I,
+    rng: Box<dyn SecureRandom + Send>,
+    (mut input_rx, mut ctl_rx): (mpsc::Receiver<Input>, mpsc::Receiver<Request>),
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     // Steps go through the commit worker in cluster mode, in order; standalone
     // they are released at once.
     let (step_tx, step_rx) = mpsc::unbounded_channel();
@@ -139,17 +176,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
         state_rx = cluster.take_events();
     }
-    let addresses = TunnelAddresses::new(&config).await?;
-    // A node starts owning nothing: addresses left behind by a crash of this
-    // process would contest the real owner's.
-    addresses.release_all().await;
     let cluster_mode = cluster.is_some();
-    // The last entry this node's log held at start: applying up to it
-    // replays history (see Node::take_over).
-    let cluster_replayed_to = cluster
-        .as_ref()
-        .and_then(|c| c.metrics().last_log_index)
-        .unwrap_or(0);
     let mut node = Node {
         id: config.cluster.as_ref().map_or(0, |c| c.id),
         commit: cluster.as_ref().map(|_| step_tx),
@@ -173,7 +200,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         endpoint: Endpoint::new(
             config.connections.iter().map(|c| c.ike.clone()).collect(),
             config.limits,
-            Box::new(OsRandom),
+            rng,
         ),
         dataplane: Dataplane::new(
             config
@@ -183,27 +210,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .collect(),
             cluster_mode,
         ),
-        sockets,
-        tun: tun_dev,
+        io,
         natt_port: config.natt_port,
         lease: OwnLease::default(),
         lease_timing,
-        replayed_to: cluster_replayed_to,
+        replayed_to: u64::MAX,
         mode: config.cluster.as_ref().map(|c| c.mode).unwrap_or_default(),
         fenced: true,
         reserving: BTreeSet::new(),
         marks_synced: BTreeMap::new(),
         background: background_tx,
-        addresses,
     };
 
-    node.initiate_owned(Instant::now());
+    node.initiate_owned(tandem_cluster::now());
     node.flush().await;
 
     tracing::info!(node = %config.node_name, connections = config.connections.len(), "tandemd ready");
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install SIGTERM handler")?;
     let mut batch = Vec::with_capacity(BATCH);
+    tokio::pin!(stop);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut ticks: u64 = 0;
@@ -217,7 +241,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 node.handle_inputs(&mut batch).await;
             }
             () = sleep_until(deadline) => {
-                node.endpoint.handle_timeout(Instant::now());
+                node.endpoint.handle_timeout(tandem_cluster::now());
             }
             Some((cmd, reply)) = ctl_rx.recv() => {
                 match (&node.cluster, &cmd) {
@@ -236,15 +260,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     }
                 }
             }
-            Some(step) = committed_rx.recv() => node.release(step).await,
-            Some(report) = background_rx.recv() => node.background(report, Instant::now()).await,
+            Some(step) = committed_rx.recv() => {
+                catch_up(&mut node, &mut state_rx).await;
+                node.release(step).await;
+            }
+            Some(report) = background_rx.recv() => {
+                // A lease renewal reports only once it is applied here: the
+                // ownership it lets this node act on must be as new as it is.
+                catch_up(&mut node, &mut state_rx).await;
+                node.background(report, tandem_cluster::now()).await;
+            }
             _ = tick.tick(), if node.cluster.is_some() => {
                 ticks += 1;
-                node.tick(Instant::now(), ticks.is_multiple_of(MARK_SYNC_TICKS)).await;
+                node.tick(tandem_cluster::now(), ticks.is_multiple_of(MARK_SYNC_TICKS)).await;
             }
-            Some(event) = recv(&mut state_rx) => node.follow(event, Instant::now()).await,
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
+            Some(event) = recv(&mut state_rx) => node.follow(event, tandem_cluster::now()).await,
+            () = &mut stop => break,
         }
         node.flush().await;
     }
@@ -277,10 +308,22 @@ pub async fn release_vips(config: &Config) -> anyhow::Result<()> {
 
 /// A witness: a Raft voter with no dataplane. It serves only status and
 /// membership commands on its control socket.
-async fn run_witness(config: &Config, cluster: std::sync::Arc<Cluster>) -> anyhow::Result<()> {
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Request>(16);
+async fn run_witness(config: &Config, cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let (ctl_tx, ctl_rx) = mpsc::channel::<Request>(16);
     serve_admin(config, Some(&cluster), &ctl_tx).await?;
     control::serve(&config.control_socket, ctl_tx)?;
+    serve_witness(config, cluster, ctl_rx, shutdown()).await;
+    Ok(())
+}
+
+/// A witness's loop: moves tunnels off lapsed leases when it leads, and
+/// answers the commands that make sense without a dataplane.
+pub async fn serve_witness(
+    config: &Config,
+    cluster: Arc<Cluster>,
+    mut ctl_rx: mpsc::Receiver<Request>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let timing = config
         .cluster
         .as_ref()
@@ -296,8 +339,7 @@ async fn run_witness(config: &Config, cluster: std::sync::Arc<Cluster>) -> anyho
         ));
     }
     tracing::info!(node = %config.node_name, "tandemd ready (witness)");
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install SIGTERM handler")?;
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             Some((cmd, reply)) = ctl_rx.recv() => match cmd {
@@ -318,12 +360,21 @@ async fn run_witness(config: &Config, cluster: std::sync::Arc<Cluster>) -> anyho
                     let _ = reply.send(Err("a witness carries no tunnels".into()));
                 }
             },
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
+            () = &mut stop => break,
         }
     }
     tracing::info!("tandemd stopping");
-    Ok(())
+}
+
+/// Follows every state change already applied, before acting on a commit:
+/// what the node then does must agree with the state as of that commit.
+async fn catch_up<I: Io>(
+    node: &mut Node<I>,
+    state_rx: &mut Option<mpsc::UnboundedReceiver<StateEvent>>,
+) {
+    while let Some(event) = state_rx.as_mut().and_then(|rx| rx.try_recv().ok()) {
+        node.follow(event, tandem_cluster::now()).await;
+    }
 }
 
 async fn recv<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
@@ -366,7 +417,7 @@ async fn read_tun(dev: Arc<AsyncDevice>, tx: mpsc::Sender<Input>) {
     loop {
         match dev.recv(&mut buf).await {
             Ok(n) => {
-                if tx.send(Input::Tun(buf[..n].to_vec())).await.is_err() {
+                if tx.send(Input::Inner(buf[..n].to_vec())).await.is_err() {
                     return;
                 }
             }
@@ -378,22 +429,7 @@ async fn read_tun(dev: Arc<AsyncDevice>, tx: mpsc::Sender<Input>) {
     }
 }
 
-async fn send(
-    sockets: &BTreeMap<SocketAddr, Arc<UdpSocket>>,
-    local: SocketAddr,
-    remote: SocketAddr,
-    datagram: &[u8],
-) {
-    let Some(socket) = sockets.get(&local) else {
-        tracing::warn!(%local, "no socket bound for this address; datagram dropped");
-        return;
-    };
-    if let Err(e) = socket.send_to(datagram, remote).await {
-        tracing::debug!(%local, %remote, error = %e, "UDP send failed");
-    }
-}
-
-struct Node {
+struct Node<I: Io> {
     /// This node's cluster id (0 standalone).
     id: tandem_cluster::NodeId,
     cluster: Option<std::sync::Arc<Cluster>>,
@@ -410,13 +446,17 @@ struct Node {
     standby: BTreeMap<u32, ChildSa>,
     endpoint: Endpoint,
     dataplane: Dataplane,
-    sockets: BTreeMap<SocketAddr, Arc<UdpSocket>>,
-    tun: Arc<AsyncDevice>,
+    io: I,
     natt_port: u16,
     /// This node's lease (cluster mode): it sends nothing without one.
     lease: OwnLease,
     lease_timing: LeaseTiming,
-    /// The last log index this node had at start.
+    /// Entries up to this log index are history, perhaps from before this
+    /// process started; later ones were committed while it ran. Unknown
+    /// (everything is history) until the first lease renewal of this
+    /// process is applied here: a reservation this node made and used
+    /// before a crash may reach its log only after the restart, and must
+    /// not be taken for a fresh grant (invariant 3).
     replayed_to: u64,
     mode: Mode,
     /// Last seen state of the lease, to log changes once.
@@ -426,13 +466,11 @@ struct Node {
     /// Replay marks last synced, by inbound SPI.
     marks_synced: BTreeMap<u32, u64>,
     background: mpsc::UnboundedSender<Background>,
-    /// Each tunnel's addresses, which move with its ownership.
-    addresses: TunnelAddresses,
 }
 
-impl Node {
+impl<I: Io> Node<I> {
     async fn handle_inputs(&mut self, batch: &mut Vec<Input>) {
-        let now = Instant::now();
+        let now = tandem_cluster::now();
         let mut outbound = Vec::new();
         for input in batch.drain(..) {
             match input {
@@ -450,21 +488,19 @@ impl Node {
                             self.endpoint.handle(now, local, remote, &data[range]);
                         }
                         Decapsulated::Inner(range) => {
-                            if let Err(e) = self.tun.send(&data[range]).await {
-                                tracing::debug!(error = %e, "TUN write failed");
-                            }
+                            self.io.deliver(&data[range]).await;
                         }
                         Decapsulated::Nothing => {}
                     }
                 }
-                Input::Tun(packet) => outbound.push(packet),
+                Input::Inner(packet) => outbound.push(packet),
             }
         }
         if !outbound.is_empty() && self.may_send(now) {
             let n = self.dataplane.encapsulate(&outbound);
             for i in 0..n {
                 if let Some((local, remote, datagram)) = self.dataplane.sealed(i) {
-                    send(&self.sockets, local, remote, datagram).await;
+                    self.io.send_udp(local, remote, datagram).await;
                 }
             }
         }
@@ -484,11 +520,20 @@ impl Node {
             self.release(step).await;
             return;
         };
-        let changes = self.endpoint.take_changes(Instant::now());
+        let changes = self.endpoint.take_changes(tandem_cluster::now());
         if step.is_empty() && changes.is_empty() {
             return;
         }
         let cmd = replication::command_for(self.id, changes, &step.events, &self.owned);
+        step.tunnels = cmd
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::IkeSaCommitted { record, .. } => Some(record.connection.clone()),
+                Change::ChildSaInstalled(child) => Some(child.connection.clone()),
+                _ => None,
+            })
+            .collect();
         step.grants = cmd
             .changes
             .iter()
@@ -509,13 +554,20 @@ impl Node {
     /// Applies a (committed) step's events, then sends its datagrams: an SA is
     /// in place before the reply that lets the peer use it.
     async fn release(&mut self, step: Step) {
+        // The state machine refuses IKE state from a node that lost the
+        // tunnel while the step waited (its lease lapsed, another node took
+        // over); so must the node itself.
+        if let Some(tunnel) = step.tunnels.iter().find(|t| !self.owned.contains(*t)) {
+            tracing::warn!(%tunnel, "tunnel moved away while its IKE state was being committed: step withheld");
+            return;
+        }
         for (outbound_spi, up_to) in step.grants {
             self.dataplane.grant(outbound_spi, up_to);
         }
         for event in step.events {
             self.apply(event);
         }
-        if !self.may_send(Instant::now()) {
+        if !self.may_send(tandem_cluster::now()) {
             if !step.transmits.is_empty() {
                 tracing::debug!(
                     count = step.transmits.len(),
@@ -534,9 +586,9 @@ impl Node {
                 let mut framed = Vec::with_capacity(NON_ESP_MARKER.len() + datagram.len());
                 framed.extend_from_slice(&NON_ESP_MARKER);
                 framed.extend_from_slice(&datagram);
-                send(&self.sockets, local, remote, &framed).await;
+                self.io.send_udp(local, remote, &framed).await;
             } else {
-                send(&self.sockets, local, remote, &datagram).await;
+                self.io.send_udp(local, remote, &datagram).await;
             }
         }
     }
@@ -651,7 +703,12 @@ impl Node {
 
     async fn background(&mut self, report: Background, now: Instant) {
         match report {
-            Background::LeaseRenewed(sent) => {
+            Background::LeaseRenewed { sent, applied } => {
+                // This process's first renewal: every entry after it was
+                // committed while this process ran (see Node::replayed_to).
+                if self.replayed_to == u64::MAX {
+                    self.replayed_to = applied;
+                }
                 self.lease.renewed(&self.lease_timing, sent);
                 self.check_lease(now).await;
             }
@@ -689,9 +746,9 @@ impl Node {
         }
         for tunnel in owned {
             if fenced {
-                self.addresses.down(&tunnel).await;
+                self.io.address_down(&tunnel).await;
             } else {
-                self.addresses.up(&tunnel).await;
+                self.io.address_up(&tunnel).await;
             }
         }
     }
@@ -802,7 +859,7 @@ impl Node {
             }
         }
         if self.may_send(now) {
-            self.addresses.up(tunnel).await;
+            self.io.address_up(tunnel).await;
         }
     }
 
@@ -824,7 +881,7 @@ impl Node {
                 self.standby.insert(child.inbound_spi, child);
             }
         }
-        self.addresses.down(tunnel).await;
+        self.io.address_down(tunnel).await;
     }
 
     /// Only SAs this node staged as standby are removed: the same SPI may
@@ -885,7 +942,7 @@ impl Node {
     }
 
     fn command(&mut self, cmd: Command) -> Result<String, String> {
-        let now = Instant::now();
+        let now = tandem_cluster::now();
         let result = match &cmd {
             Command::Status => return Ok(self.status()),
             Command::Initiate(name) => self.endpoint.initiate(now, name),

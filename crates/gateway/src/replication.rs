@@ -12,7 +12,9 @@ use tandem_cluster::lease::LeaseTiming;
 use tandem_cluster::node::RaftTiming;
 use tandem_cluster::ownership::{self, Mode};
 use tandem_cluster::tls::NodeTls;
-use tandem_cluster::{Change, Cluster, ClusterConfig, Command, NodeId, StorageKey};
+use tandem_cluster::{
+    Change, Cluster, ClusterConfig, Command, Disk, NodeId, StorageKey, Transport,
+};
 use tandem_ike::endpoint::{Event, Transmit};
 use tandem_ike::record::IkeSaChange;
 use tokio::sync::mpsc;
@@ -28,6 +30,9 @@ pub struct Step {
     /// Sequence-number reservations committed with the step's child SAs:
     /// (outbound SPI, highest usable number). Dropped if the commit fails.
     pub grants: Vec<(u32, u64)>,
+    /// The tunnels whose IKE state the step commits: it is released only if
+    /// this node still owns them once it is committed.
+    pub tunnels: BTreeSet<String>,
 }
 
 /// Sequence numbers reserved per Raft commit. A new owner skips what is left
@@ -39,8 +44,9 @@ pub const SEQ_BLOCK: u64 = 1 << 16;
 /// What background commits report to the main loop.
 #[derive(Debug)]
 pub enum Background {
-    /// A lease renewal sent at this instant is committed.
-    LeaseRenewed(Instant),
+    /// A lease renewal sent at `sent` is committed, and applied here up to
+    /// log index `applied`.
+    LeaseRenewed { sent: Instant, applied: u64 },
     /// A reservation is committed.
     Reserved { outbound_spi: u32, up_to: u64 },
     /// A reservation failed; it may be asked for again.
@@ -59,12 +65,30 @@ pub async fn start(node_name: &str, settings: &ClusterSettings) -> anyhow::Resul
     let tls = NodeTls::from_dir(&settings.pki_dir, node_name)
         .with_context(|| format!("cluster TLS material in {}", settings.pki_dir.display()))?;
     let storage_key = StorageKey::load(&settings.pki_dir.join("storage.key"))?;
+    join(
+        settings,
+        Disk::Dir(settings.data_dir.clone()),
+        Transport::Tls(tls),
+        storage_key,
+    )
+    .await
+}
+
+/// Starts this node's cluster member on `disk`, talking to the others over
+/// `transport`: what [`start`] does with tandemd's files and TLS, and what
+/// the failover simulator does with its own disks and links.
+pub async fn join(
+    settings: &ClusterSettings,
+    disk: Disk,
+    transport: Transport,
+    storage_key: StorageKey,
+) -> anyhow::Result<Arc<Cluster>> {
     let cluster = Cluster::start(ClusterConfig {
         id: settings.id,
         member: settings.members[&settings.id].clone(),
         listen: settings.listen,
-        data_dir: settings.data_dir.clone(),
-        tls,
+        disk,
+        transport,
         storage_key,
         timing: RaftTiming {
             snapshot_every: settings.snapshot_every,
@@ -129,10 +153,10 @@ pub async fn commit_steps(
 ) {
     while let Some((cmd, mut step)) = steps.recv().await {
         if !cmd.changes.is_empty() {
-            let started = Instant::now();
+            let started = tandem_cluster::now();
             match cluster.propose(cmd).await {
                 Ok(()) => {
-                    tracing::debug!(took = ?started.elapsed(), "IKE state committed");
+                    tracing::debug!(took = ?tandem_cluster::since(started), "IKE state committed");
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "IKE state not committed; its datagrams are withheld");
@@ -167,7 +191,7 @@ pub async fn manage_owners(
         let leading = cluster.metrics().current_leader == Some(cluster.id());
         leader_since = match (leading, leader_since) {
             (true, Some(t)) => Some(t),
-            (true, None) => Some(Instant::now()),
+            (true, None) => Some(tandem_cluster::now()),
             (false, _) => None,
         };
         let voters = cluster.voters();
@@ -177,7 +201,7 @@ pub async fn manage_owners(
             .filter(|(id, m)| !m.witness && voters.contains(id))
             .map(|(id, _)| id)
             .collect();
-        let judge = leader_since.is_some_and(|t| t.elapsed() >= lease.renew_every);
+        let judge = leader_since.is_some_and(|t| tandem_cluster::since(t) >= lease.renew_every);
         let live = judge.then(|| live_gateways(&cluster, &lease, gateways.iter().copied()));
         let (mut changes, moves) = cluster.read_state(|state| {
             (
@@ -205,7 +229,7 @@ fn live_gateways(
     candidates: impl Iterator<Item = NodeId>,
 ) -> BTreeSet<NodeId> {
     let watch = cluster.lease_watch();
-    let now = Instant::now();
+    let now = tandem_cluster::now();
     candidates
         .filter(|g| !watch.expired(lease, *g, now))
         .collect()
@@ -225,8 +249,8 @@ pub async fn renew_leases(
         let (cluster, report) = (cluster.clone(), report.clone());
         tokio::spawn(async move {
             match tokio::time::timeout(lease.duration, cluster.renew_lease(&lease)).await {
-                Ok(Ok(sent)) => {
-                    let _ = report.send(Background::LeaseRenewed(sent));
+                Ok(Ok((sent, applied))) => {
+                    let _ = report.send(Background::LeaseRenewed { sent, applied });
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "lease renewal failed"),
                 Err(_) => tracing::debug!("lease renewal timed out"),
@@ -351,12 +375,12 @@ pub fn handover(
             if moved.is_empty() {
                 return Ok(serde_json::json!({ "moved": moved }).to_string());
             }
-            let started = Instant::now();
+            let started = tandem_cluster::now();
             cluster
                 .propose(Command { changes })
                 .await
                 .map_err(|e| e.to_string())?;
-            let committed = started.elapsed();
+            let committed = tandem_cluster::since(started);
             cluster
                 .propose(Command {
                     changes: Vec::new(),
@@ -408,7 +432,7 @@ pub fn probe(
             .copied()
             .unwrap_or(0);
         let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let started = Instant::now();
+        let started = tandem_cluster::now();
         let tasks: Vec<_> = (0..writers)
             .map(|_| {
                 let (cluster, next) = (cluster.clone(), next.clone());
@@ -424,9 +448,9 @@ pub fn probe(
                             seq: base + i + 1,
                             padding: vec![0x5a; bytes],
                         });
-                        let t = Instant::now();
+                        let t = tandem_cluster::now();
                         cluster.propose(cmd).await.map_err(|e| e.to_string())?;
-                        took.push(t.elapsed());
+                        took.push(tandem_cluster::since(t));
                     }
                 })
             })
@@ -445,7 +469,7 @@ pub fn probe(
                 }
             }
         }
-        let elapsed = started.elapsed();
+        let elapsed = tandem_cluster::since(started);
         took.sort();
         let pct = |p: f64| -> u128 {
             took.get(((took.len() as f64 * p) as usize).min(took.len().saturating_sub(1)))
@@ -553,7 +577,7 @@ pub fn describe(cluster: &Cluster) -> serde_json::Value {
         .members()
         .into_iter()
         .filter(|(_, m)| !m.witness)
-        .map(|(id, _)| (id, watch.last_seen(id).elapsed().as_millis()))
+        .map(|(id, _)| (id, tandem_cluster::since(watch.last_seen(id)).as_millis()))
         .collect();
     serde_json::json!({
         "id": cluster.id(),

@@ -1,0 +1,84 @@
+//! What a gateway node does to the world besides Raft: datagrams out,
+//! decrypted packets in to the protected network, and moving its tunnels'
+//! addresses. tandemd's [`SystemIo`] is UDP sockets, a TUN device and
+//! netlink; the failover simulator and the demo bring their own.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::UdpSocket;
+use tun_rs::AsyncDevice;
+
+use crate::vip::TunnelAddresses;
+
+/// Something the main loop has to react to.
+#[derive(Debug)]
+pub enum Input {
+    /// A datagram that arrived on one of the node's IKE or NAT-T addresses.
+    Udp {
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// A packet from the protected network, to be sent through a tunnel.
+    Inner(Vec<u8>),
+}
+
+pub trait Io: 'static {
+    /// Sends one datagram from `local` (a tunnel's address) to `remote`.
+    fn send_udp(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        datagram: &[u8],
+    ) -> impl Future<Output = ()>;
+    /// Hands a decrypted packet to the protected network.
+    fn deliver(&self, packet: &[u8]) -> impl Future<Output = ()>;
+    /// This node now sends for `tunnel`: its addresses come here.
+    fn address_up(&self, tunnel: &str) -> impl Future<Output = ()>;
+    /// This node no longer sends for `tunnel`.
+    fn address_down(&self, tunnel: &str) -> impl Future<Output = ()>;
+}
+
+/// tandemd's IO: the bound UDP sockets, the TUN device, the VIP movers.
+pub struct SystemIo {
+    pub sockets: BTreeMap<SocketAddr, Arc<UdpSocket>>,
+    pub tun: Arc<AsyncDevice>,
+    pub addresses: TunnelAddresses,
+}
+
+impl std::fmt::Debug for SystemIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemIo")
+            .field("sockets", &self.sockets.keys())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Io for SystemIo {
+    async fn send_udp(&self, local: SocketAddr, remote: SocketAddr, datagram: &[u8]) {
+        let Some(socket) = self.sockets.get(&local) else {
+            tracing::warn!(%local, "no socket bound for this address; datagram dropped");
+            return;
+        };
+        if let Err(e) = socket.send_to(datagram, remote).await {
+            tracing::debug!(%local, %remote, error = %e, "UDP send failed");
+        }
+    }
+
+    async fn deliver(&self, packet: &[u8]) {
+        if let Err(e) = self.tun.send(packet).await {
+            tracing::debug!(error = %e, "TUN write failed");
+        }
+    }
+
+    async fn address_up(&self, tunnel: &str) {
+        self.addresses.up(tunnel).await;
+    }
+
+    async fn address_down(&self, tunnel: &str) {
+        self.addresses.down(tunnel).await;
+    }
+}

@@ -1,0 +1,14 @@
+//! The Tandem gateway node: configuration, the main loop that feeds the
+//! sans-IO IKE endpoint and ESP dataplane, replication through the cluster,
+//! and the IO around them (UDP sockets, TUN, VIPs) behind [`io::Io`], so the
+//! failover simulator and the demo run the same node code as tandemd.
+
+mod admin;
+pub mod config;
+pub mod control;
+mod dataplane;
+pub mod io;
+pub mod node;
+pub mod replication;
+mod tun;
+mod vip;
