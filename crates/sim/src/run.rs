@@ -27,8 +27,8 @@ const LIVENESS_LIMIT: Duration = Duration::from_secs(20);
 const SETTLED_FOR: Duration = Duration::from_secs(1);
 /// A tunnel is flowing when its last echo is this recent.
 const FLOWING: Duration = Duration::from_millis(100);
-/// The lease the simulated gateways run with (tandemd's default).
-const LEASE: &str = "600ms";
+/// The lease the simulated gateways run with (tandemd's default), in ms.
+const LEASE_MS: f64 = 600.0;
 
 /// Breaks a rule on purpose, to show a checker can fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +123,7 @@ fn gateway_toml(plan: &Plan, node: NodeId, ips: &BTreeMap<NodeId, IpAddr>) -> St
     }
     t += &format!(
         "[cluster]\nid = {node}\nlisten = \"{}:7400\"\ndata_dir = \"/nonexistent\"\npki_dir = \"/nonexistent\"\n\
-         role = \"{}\"\nmode = \"{}\"\nlease = \"{LEASE}\"\n",
+         role = \"{}\"\nmode = \"{}\"\nlease = \"{}ms\"\n",
         ips[&node],
         if witness { "witness" } else { "gateway" },
         if plan.active_active {
@@ -131,6 +131,11 @@ fn gateway_toml(plan: &Plan, node: NodeId, ips: &BTreeMap<NodeId, IpAddr>) -> St
         } else {
             "active-standby"
         },
+        // Clock drift, as the lease arithmetic sees it: a node whose clock
+        // runs at `rate` counts its lease (and its renewal period, and
+        // others' leases) out in 1/rate of the true time. Raft's own timers
+        // run true.
+        (LEASE_MS / plan.clock_rates[(node - 1) as usize]).round(),
     );
     for (id, ip) in ips {
         t += &format!(

@@ -110,6 +110,9 @@ pub struct Plan {
     pub witness: bool,
     pub active_active: bool,
     pub tunnels: u8,
+    /// Each member's clock rate, within +-3 % of true (DESIGN.md's lease
+    /// margin is 5 % each way).
+    pub clock_rates: Vec<f64>,
     /// Faults with their time from the start of the fault phase.
     pub faults: Vec<(Duration, Fault)>,
 }
@@ -252,6 +255,9 @@ impl Plan {
             faults.push((r.millis(0, 2000), extra));
             faults.sort_by_key(|(t, _)| *t);
         }
+        let clock_rates = (0..gateways + u64::from(witness))
+            .map(|_| 0.97 + r.below(61) as f64 / 1000.0)
+            .collect();
         Plan {
             seed,
             kind,
@@ -259,6 +265,7 @@ impl Plan {
             witness,
             active_active,
             tunnels,
+            clock_rates,
             faults,
         }
     }
