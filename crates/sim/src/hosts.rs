@@ -123,6 +123,11 @@ impl Io for GatewayIo {
                     }
                 }
             }
+            Some(Sabotage::RepeatSequence)
+                if net::esp_header(local.port(), datagram).is_some_and(|(_, seq)| seq == 10) =>
+            {
+                self.send_recorded(local, remote, datagram).await;
+            }
             Some(Sabotage::IgnoreLease) if net::esp_header(local.port(), datagram).is_some() => {
                 let kept = &mut self.kept.borrow_mut().esp;
                 kept.push_back((local, remote, datagram.to_vec()));

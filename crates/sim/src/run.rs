@@ -36,6 +36,8 @@ pub enum Sabotage {
     /// After giving a tunnel up, a node sends its last ESP datagrams again,
     /// as a node that ignored its lease would keep sending.
     IgnoreLease,
+    /// A node sends one ESP datagram (sequence number 10) twice.
+    RepeatSequence,
     /// A node answers every IKE request twice, the second time altered.
     AlterRetransmit,
     /// A node sends its first IKE response again long after.
@@ -350,6 +352,24 @@ impl Driver<'_> {
                 let me = self.host(node);
                 for other in others(&me, self.members()) {
                     self.sim.partition_oneway(me.as_str(), other.as_str());
+                }
+                Some((at + lasting, Heal::Links))
+            }
+            Fault::Split { side, lasting } => {
+                let (a, b): (Vec<NodeId>, Vec<NodeId>) =
+                    (1..=self.plan.members()).partition(|n| side & (1 << (n - 1)) != 0);
+                for x in &a {
+                    for y in &b {
+                        self.sim
+                            .partition(self.host(*x).as_str(), self.host(*y).as_str());
+                    }
+                }
+                Some((at + lasting, Heal::Links))
+            }
+            Fault::OuterJitter { max, lasting } => {
+                for gw in self.members() {
+                    self.sim
+                        .set_link_max_message_latency("peer", gw.as_str(), max);
                 }
                 Some((at + lasting, Heal::Links))
             }

@@ -77,6 +77,7 @@ fn every_checker_catches_its_rule_broken() {
     // after which the peer keeps the tunnel busy.
     let cases = [
         (Sabotage::IgnoreLease, 1, "one sender per SA"),
+        (Sabotage::RepeatSequence, 1, "sequence number used once"),
         (Sabotage::AlterRetransmit, 1, "identical responses"),
         (Sabotage::DeliverTwice, 1, "no packet accepted twice"),
         (Sabotage::LoseDisks, 1, "commit before reply"),
