@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 mod dataplane;
 pub mod io;
+pub mod lab;
 pub mod node;
 pub mod replication;
 mod tun;

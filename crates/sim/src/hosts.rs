@@ -3,8 +3,8 @@
 //! tandemd node that initiates every tunnel, with a probe generator), and a
 //! host on the cloud-side LAN that echoes every probe back.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use tandem_cluster::{Disk, MemoryDisk, StorageKey, Transport};
 use tandem_crypto::SeededRandom;
 use tandem_gateway::config::Config;
 use tandem_gateway::io::{Input, Io};
+use tandem_gateway::lab::{self, PEER_IP, PROBE_EVERY, lan_addr, lan_inner, peer_inner};
 use tandem_gateway::{node, replication};
 use tokio::sync::mpsc;
 use turmoil::net::UdpSocket;
@@ -20,51 +21,16 @@ use crate::net::{self, LAN_PORT, OUTER_PORT, TurmoilLinks};
 use crate::record::{EspSent, IkeSent, NodeId, PeerUse, Shared, now};
 use crate::run::Sabotage;
 
-/// The customer's device's outer address.
-pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-/// Probes per second per tunnel, each way.
-pub const PROBE_EVERY: Duration = Duration::from_millis(10);
 /// When the customer's device starts.
 const PEER_START: Duration = Duration::from_millis(300);
 /// How many of the peer's last ESP datagrams a replay attack resends.
 const REPLAY_DEPTH: usize = 64;
-
-/// Tunnel `i`'s addresses.
-pub fn vip(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(192, 0, 2, 1 + i)
-}
-pub fn lan_addr(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 2, i, 254)
-}
-pub fn peer_inner(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 1, i, 1)
-}
-pub fn lan_inner(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 2, i, 1)
-}
 
 pub fn host_name(node: NodeId, witness: bool) -> String {
     if witness {
         format!("w{node}")
     } else {
         format!("gw{node}")
-    }
-}
-
-/// The tunnel index an address belongs to (VIP or LAN-side address).
-fn tunnel_of(addr: IpAddr) -> Option<u8> {
-    match addr {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            if o[..3] == [192, 0, 2] && o[3] >= 1 {
-                Some(o[3] - 1)
-            } else if o[..2] == [10, 2] && o[3] == 254 {
-                Some(o[2])
-            } else {
-                None
-            }
-        }
-        IpAddr::V6(_) => None,
     }
 }
 
@@ -224,22 +190,7 @@ impl GatewayIo {
         };
         let at = now();
         let mut rec = self.shared.lock();
-        let addrs = [IpAddr::V4(vip(i)), IpAddr::V4(lan_addr(i))];
-        let held = rec.held.entry(self.node).or_default();
-        for a in addrs {
-            if up {
-                held.insert(a);
-            } else {
-                held.remove(&a);
-            }
-        }
-        for a in addrs {
-            if up {
-                rec.arp.insert(a, self.node);
-            } else if rec.arp.get(&a) == Some(&self.node) {
-                rec.arp.remove(&a);
-            }
-        }
+        rec.segment.moved(self.node, i, up);
         rec.moves.push((at, i, self.node, up));
         rec.note(
             at,
@@ -254,11 +205,7 @@ impl GatewayIo {
 
 /// Does `node` hold `addr` (as its kernel would, to accept a datagram)?
 fn holds(shared: &Shared, node: NodeId, addr: IpAddr) -> bool {
-    shared
-        .lock()
-        .held
-        .get(&node)
-        .is_some_and(|h| h.contains(&addr))
+    shared.lock().segment.holds(node, addr)
 }
 
 /// Everything a gateway host needs; cloned into each boot.
@@ -316,7 +263,7 @@ pub async fn gateway(setup: GatewaySetup) -> turmoil::Result {
         rec.clusters.insert(node, cluster.clone());
         rec.controls.insert(node, ctl_tx);
         // A booting node holds no address (tandemd releases them at start).
-        rec.held.remove(&node);
+        rec.segment.booted(node);
     }
     if settings.witness {
         node::serve_witness(&config, cluster, ctl_rx, std::future::pending()).await;
@@ -398,7 +345,7 @@ async fn read_lan(socket: Rc<UdpSocket>, tx: mpsc::Sender<Input>, node: NodeId, 
         let Ok((n, _)) = socket.recv_from(&mut buf).await else {
             return;
         };
-        let Some((tunnel, ..)) = net::read_probe(&buf[1..n]) else {
+        let Some((tunnel, ..)) = lab::read_probe(&buf[1..n]) else {
             continue;
         };
         if !holds(&shared, node, IpAddr::V4(lan_addr(tunnel))) {
@@ -421,7 +368,7 @@ pub async fn lan(shared: Shared) -> turmoil::Result {
             continue;
         }
         let via = NodeId::from(buf[0]);
-        let Some((tunnel, seq, ..)) = net::read_probe(&buf[1..n]) else {
+        let Some((tunnel, seq, ..)) = lab::read_probe(&buf[1..n]) else {
             continue;
         };
         let at = now();
@@ -442,9 +389,9 @@ pub async fn lan(shared: Shared) -> turmoil::Result {
                     format_args!("probe {seq} of tunnel {tunnel} accepted again, by gw{via}"),
                 );
             }
-            rec.arp.get(&IpAddr::V4(lan_addr(tunnel))).copied()
+            rec.segment.route(IpAddr::V4(lan_addr(tunnel)))
         };
-        let (Some(holder), Some(echo)) = (holder, net::echo(&buf[1..n])) else {
+        let (Some(holder), Some(echo)) = (holder, lab::echo(&buf[1..n])) else {
             continue;
         };
         let mut msg = vec![0u8];
@@ -492,7 +439,7 @@ impl Io for PeerIo {
                     ));
                 }
             }
-            rec.arp.get(&remote.ip()).copied()
+            rec.segment.route(remote.ip())
         };
         if let Some(node) = holder {
             let _ = self
@@ -503,7 +450,7 @@ impl Io for PeerIo {
     }
 
     async fn deliver(&self, packet: &[u8]) {
-        if let Some((tunnel, seq, ..)) = net::read_probe(packet) {
+        if let Some((tunnel, seq, ..)) = lab::read_probe(packet) {
             let at = now();
             self.shared
                 .lock()
@@ -566,7 +513,7 @@ async fn probes(shared: Shared, tx: mpsc::Sender<Input>, tunnels: u8) {
                 .or_default()
                 .sent
                 .insert(seq, at);
-            let p = net::probe(peer_inner(t), lan_inner(t), t, seq);
+            let p = lab::probe(peer_inner(t), lan_inner(t), t, seq);
             if tx.send(Input::Inner(p)).await.is_err() {
                 return;
             }
@@ -588,7 +535,7 @@ async fn replays(shared: Shared, outer: Rc<UdpSocket>) {
                 .into_iter()
                 .filter_map(|f| {
                     let (_, to, _) = net::unframe(&f)?;
-                    Some((*rec.arp.get(&to.ip())?, f))
+                    Some((rec.segment.route(to.ip())?, f))
                 })
                 .collect()
         };
@@ -598,14 +545,4 @@ async fn replays(shared: Shared, outer: Rc<UdpSocket>) {
                 .await;
         }
     }
-}
-
-/// Which tunnels' addresses a node holds.
-pub fn held_tunnels(shared: &Shared, node: NodeId) -> BTreeSet<u8> {
-    shared
-        .lock()
-        .held
-        .get(&node)
-        .map(|h| h.iter().filter_map(|a| tunnel_of(*a)).collect())
-        .unwrap_or_default()
 }

@@ -122,61 +122,12 @@ pub fn ike_header(port: u16, datagram: &[u8]) -> Option<IkeHeader> {
     })
 }
 
-/// A probe: an IPv4/UDP packet whose payload is the tunnel's index and a
-/// sequence number, so every loss and duplicate can be counted.
-pub fn probe(src: Ipv4Addr, dst: Ipv4Addr, tunnel: u8, seq: u64) -> Vec<u8> {
-    let mut p = vec![0u8; 20 + 8 + 9];
-    let len = p.len() as u16;
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&len.to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    let sum = checksum(&p[..20]);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
-    p[20..22].copy_from_slice(&7000u16.to_be_bytes());
-    p[22..24].copy_from_slice(&7000u16.to_be_bytes());
-    p[24..26].copy_from_slice(&(len - 20).to_be_bytes());
-    p[28] = tunnel;
-    p[29..37].copy_from_slice(&seq.to_be_bytes());
-    p
-}
-
-/// A probe's (tunnel, seq, src, dst), if `packet` is one.
-pub fn read_probe(packet: &[u8]) -> Option<(u8, u64, Ipv4Addr, Ipv4Addr)> {
-    if packet.len() != 37 || packet[0] != 0x45 || packet[9] != 17 {
-        return None;
-    }
-    let mut seq = [0; 8];
-    seq.copy_from_slice(&packet[29..37]);
-    let ip = |i: usize| Ipv4Addr::new(packet[i], packet[i + 1], packet[i + 2], packet[i + 3]);
-    Some((packet[28], u64::from_be_bytes(seq), ip(12), ip(16)))
-}
-
-/// The probe with source and destination swapped: the LAN host's echo.
-pub fn echo(packet: &[u8]) -> Option<Vec<u8>> {
-    let (tunnel, seq, src, dst) = read_probe(packet)?;
-    Some(probe(dst, src, tunnel, seq))
-}
-
-fn checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn frames_and_probes_round_trip() {
+    fn frames_round_trip() {
         let a: SocketAddr = "198.51.100.7:500"
             .parse()
             .unwrap_or_else(|_| unreachable!());

@@ -4,7 +4,6 @@
 //! lines, hashed, are the run's trace (same seed, same hash).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,9 +12,7 @@ use tandem_cluster::Cluster;
 use tandem_gateway::control::Request;
 use tokio::sync::mpsc;
 
-/// A gateway node's id in the cluster (1-based); the peer and the LAN host
-/// are not nodes.
-pub type NodeId = u64;
+pub use tandem_gateway::lab::NodeId;
 
 /// An ESP datagram a gateway sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,11 +55,8 @@ pub struct Probes {
 #[derive(Default)]
 pub struct Record {
     lines: Vec<String>,
-    /// Whom each tunnel address resolves to (the simulated ARP table: the
-    /// last node to announce it).
-    pub arp: BTreeMap<IpAddr, NodeId>,
-    /// The addresses each node has configured (its kernel accepts those).
-    pub held: BTreeMap<NodeId, std::collections::BTreeSet<IpAddr>>,
+    /// Where each tunnel address is (the simulated ARP table).
+    pub segment: tandem_gateway::lab::Segment,
     /// SPIs and IKE SAs the peer has used (to spot first uses).
     pub peer_spis: std::collections::BTreeSet<u32>,
     pub peer_ike: std::collections::BTreeSet<(u64, u64)>,

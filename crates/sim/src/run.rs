@@ -15,9 +15,10 @@ use tandem_gateway::config::Config;
 use tandem_gateway::control::Command;
 
 use crate::check::{self, Checker, Context, Violation};
-use crate::hosts::{self, GatewaySetup, PEER_IP, host_name, lan_addr, vip};
+use crate::hosts::{self, GatewaySetup, host_name};
 use crate::record::{NodeId, Shared};
 use crate::scenario::{Fault, Plan, Target};
+use tandem_gateway::lab::{self, vip};
 
 /// How long the tunnels may take to come up.
 const SETUP_LIMIT: Duration = Duration::from_secs(15);
@@ -113,14 +114,7 @@ fn gateway_toml(plan: &Plan, node: NodeId, ips: &BTreeMap<NodeId, IpAddr>) -> St
             .collect();
         t += &format!("[ike]\nlisten = [{}]\n", vips.join(", "));
         for i in 0..plan.tunnels {
-            t += &format!(
-                "[[connection]]\nname = \"t{i}\"\nlocal_addr = \"{}\"\nremote_addr = \"{PEER_IP}\"\n\
-                 psk = \"simulated-pre-shared-key-{i}\"\n\
-                 ike_proposals = [\"aes128gcm16-prfsha256-curve25519\"]\nesp_proposals = [\"aes128gcm16\"]\n\
-                 local_ts = [\"10.2.{i}.0/24\"]\nremote_ts = [\"10.1.{i}.0/24\"]\nlan_addr = \"{}\"\n",
-                vip(i),
-                lan_addr(i)
-            );
+            t += &lab::gateway_connection(i);
         }
     }
     t += &format!(
@@ -150,19 +144,7 @@ fn gateway_toml(plan: &Plan, node: NodeId, ips: &BTreeMap<NodeId, IpAddr>) -> St
 }
 
 fn peer_toml(plan: &Plan) -> String {
-    let mut t = format!(
-        "[node]\nname = \"peer\"\ncontrol_socket = \"/nonexistent/peer.sock\"\n[ike]\nlisten = [\"{PEER_IP}\"]\n"
-    );
-    for i in 0..plan.tunnels {
-        t += &format!(
-            "[[connection]]\nname = \"t{i}\"\nlocal_addr = \"{PEER_IP}\"\nremote_addr = \"{}\"\n\
-             psk = \"simulated-pre-shared-key-{i}\"\n\
-             ike_proposals = [\"aes128gcm16-prfsha256-curve25519\"]\nesp_proposals = [\"aes128gcm16\"]\n\
-             local_ts = [\"10.1.{i}.0/24\"]\nremote_ts = [\"10.2.{i}.0/24\"]\ninitiate = true\n",
-            vip(i)
-        );
-    }
-    t
+    lab::peer_config(plan.tunnels, "/nonexistent/peer.sock")
 }
 
 fn parse(toml: &str) -> Result<Config, String> {
@@ -259,13 +241,12 @@ impl Driver<'_> {
         let rec = self.shared.lock();
         let addr = IpAddr::V4(vip(t));
         let holders: Vec<NodeId> = rec
-            .held
-            .iter()
-            .filter(|(n, h)| h.contains(&addr) && !self.crashed.contains(n))
-            .map(|(n, _)| *n)
+            .segment
+            .holders(addr)
+            .filter(|n| !self.crashed.contains(n))
             .collect();
         match holders.as_slice() {
-            [one] if rec.arp.get(&addr) == Some(one) => Some(*one),
+            [one] if rec.segment.route(addr) == Some(*one) => Some(*one),
             _ => None,
         }
     }
@@ -279,7 +260,7 @@ impl Driver<'_> {
     }
 
     fn resolve(&self, target: Target) -> Option<NodeId> {
-        let owner = self.shared.lock().arp.get(&IpAddr::V4(vip(0))).copied();
+        let owner = self.shared.lock().segment.route(IpAddr::V4(vip(0)));
         let leader = self.leader();
         let running = (1..=self.plan.members()).filter(|n| !self.crashed.contains(n));
         match target {
