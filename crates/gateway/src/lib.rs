@@ -7,6 +7,7 @@ mod admin;
 pub mod config;
 pub mod control;
 mod dataplane;
+pub mod demo;
 pub mod io;
 pub mod lab;
 pub mod node;
