@@ -3,8 +3,9 @@
 //! from the replay marks synced through Raft, so a replayed packet can get
 //! through only if the old owner accepted it after its last sync: the
 //! documented residual. Here: a second acceptance is allowed only through a
-//! different node than the first, and only if the first came at most
-//! [`REPLAY_RESIDUAL`] before the tunnel moved to the second.
+//! different node than the first, one the tunnel moved to since, and only if
+//! the first came at most [`REPLAY_RESIDUAL`] before the first node's last
+//! acceptance on that tunnel (its last sync can be no later than that).
 
 use std::time::Duration;
 
@@ -30,9 +31,19 @@ impl Checker for Replay {
                 continue;
             };
             let moved = rec.moves.iter().any(|&(t, i, node, up)| {
-                up && i == tunnel && node == by && t >= first_at && t <= first_at + REPLAY_RESIDUAL
+                up && i == tunnel && node == by && t >= first_at && t <= at
             });
-            if seen.len() > 2 || by == first_by || !moved {
+            // When the first node last accepted anything on this tunnel.
+            let served_until = rec.probes[&tunnel]
+                .at_lan
+                .values()
+                .flatten()
+                .filter(|(t, node)| *node == first_by && *t < at)
+                .map(|(t, _)| *t)
+                .max()
+                .unwrap_or(first_at);
+            let residual = first_at + REPLAY_RESIDUAL >= served_until;
+            if seen.len() > 2 || by == first_by || !moved || !residual {
                 return Err(Violation {
                     rule: "no packet accepted twice (RFC 4303 3.4.3, invariant 4)",
                     at,
