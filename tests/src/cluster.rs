@@ -21,6 +21,8 @@ pub struct Member {
     pub addr: String,
     /// Extra `[cluster]` lines (mode, lease, VIP settings).
     pub extra: String,
+    /// `[node] metrics_listen`, if it serves metrics.
+    pub metrics: Option<String>,
     pub data_dir: PathBuf,
     pub node: GatewayNode,
 }
@@ -68,6 +70,7 @@ impl Cluster {
                     raft_port: 7400 + id as u16,
                     addr: "127.0.0.1".into(),
                     extra: String::new(),
+                    metrics: None,
                     data_dir: dir.join(format!("data-{name}")),
                     node: GatewayNode {
                         name,
@@ -131,6 +134,14 @@ impl Cluster {
                     me.node.tun
                 ),
             }
+        };
+        let node = match &me.metrics {
+            Some(addr) => node.replacen(
+                "[node]\n",
+                &format!("[node]\nmetrics_listen = \"{addr}\"\n"),
+                1,
+            ),
+            None => node,
         };
         node + &self.cluster_conf(id)
     }

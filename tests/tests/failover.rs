@@ -87,6 +87,7 @@ fn ha_cluster(site: &HaSite, gateways: u64, witnesses: u64, mode: &str) -> anyho
         m.addr = HaSite::cluster_addr(i);
         m.node.ike_port = 500;
         m.node.natt_port = 4500;
+        m.metrics = Some(format!("{}:9100", HaSite::cluster_addr(i)));
         m.extra = format!(
             "{mode}lease = \"400ms\"\nvip_interface = \"{}\"\nvip_prefix_len = 24\nlan_interface = \"{}\"\nlan_prefix_len = 16\n",
             site.node_ifs[i - 1],
@@ -215,8 +216,31 @@ fn same_sa_and_rekeys_work(
     Ok(())
 }
 
+/// Node `i`'s Prometheus metrics, scraped from inside its namespace.
+fn scrape(site: &HaSite, i: usize) -> anyhow::Result<String> {
+    let url = format!("http://{}:9100/metrics", HaSite::cluster_addr(i));
+    site.nodes[i - 1].run(&["curl", "-sf", "--max-time", "5", &url])
+}
+
+/// The sum of a metric's samples whose labels contain every one of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn kill_the_owner(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::Result<()> {
     let before = peer.wait_established()?;
+    // The owner's metrics, while it carries the tunnel.
+    let owner = scrape(site, 1)?;
+    ensure!(
+        metric(&owner, "tandem_tunnels_owned", &[]) == 1.0
+            && metric(&owner, "tandem_esp_packets_total", &["direction=\"in\""]) > 0.0,
+        "gateway 1's metrics do not show it carrying the tunnel:\n{owner}"
+    );
     // kill -9 as a crash under systemd, whose ExecStopPost takes the dead
     // node's VIP down (deploy/systemd/tandemd.service).
     // An iperf3 TCP stream from the peer to a LAN host runs across the
@@ -234,6 +258,24 @@ fn kill_the_owner(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::Resu
         });
         std::thread::sleep(Duration::from_millis(500));
         let p = pings_around(site, || c.crash(&site.nodes[0], 1));
+        // The new owner's metrics, twice while the TCP stream still runs:
+        // a takeover counted, and its ESP counters moving.
+        let new_owner = c.view(2)?["owners"][CONN].as_u64().unwrap_or(2) as usize;
+        let first = scrape(site, new_owner)?;
+        std::thread::sleep(Duration::from_millis(1200));
+        let second = scrape(site, new_owner)?;
+        let packets = |t: &str| metric(t, "tandem_esp_packets_total", &["direction=\"in\""]);
+        ensure!(
+            metric(&second, "tandem_takeovers_total", &["planned=\"false\""]) == 1.0
+                && metric(&second, "tandem_tunnels_owned", &[]) == 1.0
+                && packets(&second) > packets(&first),
+            "gateway {new_owner}'s metrics do not show the takeover and traffic:\n{first}\n{second}"
+        );
+        println!(
+            "metrics of the new owner (gateway {new_owner}): 1 unplanned takeover, inbound ESP packets {} -> {} in 1.2 s",
+            packets(&first),
+            packets(&second)
+        );
         let mbits = stream
             .join()
             .map_err(|_| anyhow::anyhow!("iperf3 thread panicked"))?;

@@ -42,6 +42,8 @@ fn err(key: impl std::fmt::Display, msg: impl std::fmt::Display) -> ConfigError 
 pub struct Config {
     pub node_name: String,
     pub control_socket: PathBuf,
+    /// Where Prometheus scrapes `/metrics`, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// Where UDP 500 and 4500 are bound, one pair per address.
     pub listen: Vec<IpAddr>,
     pub ike_port: u16,
@@ -332,6 +334,7 @@ struct RawNode {
     name: String,
     #[serde(default = "default_control_socket")]
     control_socket: PathBuf,
+    metrics_listen: Option<String>,
 }
 
 fn default_control_socket() -> PathBuf {
@@ -416,6 +419,19 @@ impl RawConfig {
             .cluster
             .map(|c| c.validate(&self.node.name, base))
             .transpose()?;
+        let metrics_listen = self
+            .node
+            .metrics_listen
+            .as_deref()
+            .map(|a| {
+                a.parse::<SocketAddr>().map_err(|_| {
+                    err(
+                        "node.metrics_listen",
+                        format!("{a:?} is not an address:port"),
+                    )
+                })
+            })
+            .transpose()?;
         let witness = cluster.as_ref().is_some_and(|c| c.witness);
         let ike = match (self.ike, witness) {
             (Some(ike), false) => ike,
@@ -485,6 +501,7 @@ impl RawConfig {
         Ok(Config {
             node_name: self.node.name,
             control_socket: self.node.control_socket,
+            metrics_listen,
             listen,
             ike_port: ike.port,
             natt_port: ike.natt_port,

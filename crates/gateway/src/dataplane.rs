@@ -263,6 +263,18 @@ impl Dataplane {
     }
 
     /// Status of one IKE SA with its children's counters, for `tandemd ctl status`.
+    /// Counters of a child SA's two halves, where installed.
+    pub fn sa_stats(
+        &self,
+        inbound_spi: u32,
+        outbound_spi: u32,
+    ) -> (Option<tandem_esp::SaStats>, Option<tandem_esp::SaStats>) {
+        (
+            self.sadb.inbound_stats(inbound_spi),
+            self.sadb.outbound_stats(outbound_spi),
+        )
+    }
+
     pub fn describe(&self, sa: IkeSaInfo) -> serde_json::Value {
         let children: Vec<_> = sa
             .children

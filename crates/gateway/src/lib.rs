@@ -12,5 +12,6 @@ pub mod io;
 pub mod lab;
 pub mod node;
 pub mod replication;
+pub mod telemetry;
 mod tun;
 mod vip;

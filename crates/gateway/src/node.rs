@@ -41,6 +41,8 @@ const NON_ESP_MARKER: [u8; 4] = [0; 4];
 /// How often a cluster node checks its lease, its sequence reservations and
 /// its replay marks.
 const TICK: std::time::Duration = std::time::Duration::from_millis(20);
+/// How often the node's counters go to the metrics exporter.
+const METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Replay marks are synced every this many ticks (100 ms).
 const MARK_SYNC_TICKS: u64 = 5;
 
@@ -65,6 +67,9 @@ fn bind_udp(addr: SocketAddr, freebind: bool) -> anyhow::Result<UdpSocket> {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    if let Some(addr) = config.metrics_listen {
+        crate::telemetry::serve(addr)?;
+    }
     let cluster = match &config.cluster {
         Some(settings) => Some(replication::start(&config.node_name, settings).await?),
         None => None,
@@ -220,6 +225,7 @@ pub async fn serve<I: Io>(
         reserving: BTreeSet::new(),
         marks_synced: BTreeMap::new(),
         background: background_tx,
+        sa_counters: crate::telemetry::SaCounters::default(),
     };
 
     node.initiate_owned(tandem_cluster::now());
@@ -231,6 +237,8 @@ pub async fn serve<I: Io>(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut ticks: u64 = 0;
+    let mut metrics_tick = tokio::time::interval(METRICS_EVERY);
+    metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let deadline = node.endpoint.poll_timeout();
         tokio::select! {
@@ -275,6 +283,7 @@ pub async fn serve<I: Io>(
                 node.tick(tandem_cluster::now(), ticks.is_multiple_of(MARK_SYNC_TICKS)).await;
             }
             Some(event) = recv(&mut state_rx) => node.follow(event, tandem_cluster::now()).await,
+            _ = metrics_tick.tick() => node.export_metrics(tandem_cluster::now()),
             () = &mut stop => break,
         }
         node.flush().await;
@@ -466,9 +475,41 @@ struct Node<I: Io> {
     /// Replay marks last synced, by inbound SPI.
     marks_synced: BTreeMap<u32, u64>,
     background: mpsc::UnboundedSender<Background>,
+    sa_counters: crate::telemetry::SaCounters,
 }
 
 impl<I: Io> Node<I> {
+    /// Exports what the node carries (every [`METRICS_EVERY`]).
+    fn export_metrics(&mut self, now: Instant) {
+        let mut ike_sas = 0;
+        let mut sas = Vec::new();
+        for sa in self.endpoint.ike_sas() {
+            ike_sas += 1;
+            for c in &sa.children {
+                let (inbound, outbound) = self.dataplane.sa_stats(c.inbound_spi, c.outbound_spi);
+                sas.extend(inbound.map(|s| (sa.connection.clone(), c.inbound_spi, true, s)));
+                sas.extend(outbound.map(|s| (sa.connection.clone(), c.outbound_spi, false, s)));
+            }
+        }
+        crate::telemetry::carrying(self.owned.len(), ike_sas, sas.len() / 2);
+        self.sa_counters.update(sas);
+        if let Some(cluster) = &self.cluster {
+            let m = cluster.metrics();
+            crate::telemetry::raft(
+                m.current_term,
+                m.current_leader,
+                m.last_applied.map_or(0, |l| l.index),
+            );
+            let left = self
+                .lease
+                .valid_until()
+                .map_or(std::time::Duration::ZERO, |until| {
+                    until.saturating_duration_since(now)
+                });
+            crate::telemetry::lease_remaining(left);
+        }
+    }
+
     async fn handle_inputs(&mut self, batch: &mut Vec<Input>) {
         let now = tandem_cluster::now();
         let mut outbound = Vec::new();
@@ -805,6 +846,9 @@ impl<I: Io> Node<I> {
             return;
         };
         let state = cluster.state();
+        // A planned handover reserves the new owner's first block with the
+        // transfer; a takeover after a lapsed lease does not.
+        let mut planned = false;
         for sa in state
             .ike_sas
             .values()
@@ -824,6 +868,7 @@ impl<I: Io> Node<I> {
                 let granted = reserved
                     .filter(|r| live && r.node == self.id && r.from <= r.up_to)
                     .map(|r| r.up_to);
+                planned |= granted.is_some();
                 let first = match (reserved, granted) {
                     (Some(r), Some(_)) => r.from,
                     (Some(r), None) => r.up_to + 1,
@@ -858,6 +903,7 @@ impl<I: Io> Node<I> {
                 Err(e) => tracing::error!(%tunnel, error = %e, "cannot take over IKE SA"),
             }
         }
+        crate::telemetry::took_over(tunnel, planned);
         if self.may_send(now) {
             self.io.address_up(tunnel).await;
         }
@@ -866,6 +912,7 @@ impl<I: Io> Node<I> {
     /// Gives `tunnel` up to another node: forget its IKE SAs, stop sending
     /// ESP but keep decrypting (hot standby again), release the address.
     async fn hand_over(&mut self, tunnel: &str) {
+        crate::telemetry::handed_over(tunnel);
         self.endpoint.forget(tunnel);
         if let Some(cluster) = &self.cluster {
             let children: Vec<ChildSa> = cluster.read_state(|state| {
@@ -901,6 +948,7 @@ impl<I: Io> Node<I> {
                 remote,
                 initiator,
             } => {
+                crate::telemetry::ike_event("established", &connection);
                 tracing::info!(%connection, spi_i = format_args!("{spi_i:016x}"), spi_r = format_args!("{spi_r:016x}"), %remote, initiator, "IKE SA established")
             }
             Event::IkeSaRekeyed {
@@ -908,6 +956,7 @@ impl<I: Io> Node<I> {
                 old,
                 new,
             } => {
+                crate::telemetry::ike_event("rekeyed", &connection);
                 tracing::info!(%connection, old = format_args!("{:016x}_{:016x}", old.0, old.1), new = format_args!("{:016x}_{:016x}", new.0, new.1), "IKE SA rekeyed")
             }
             Event::IkeSaClosed {
@@ -916,9 +965,13 @@ impl<I: Io> Node<I> {
                 spi_r,
                 reason,
             } => {
+                crate::telemetry::ike_event("closed", &connection);
                 tracing::info!(%connection, spi_i = format_args!("{spi_i:016x}"), spi_r = format_args!("{spi_r:016x}"), ?reason, "IKE SA closed")
             }
             Event::ChildSaInstalled(child) => {
+                if child.replaces.is_some() {
+                    crate::telemetry::ike_event("child_rekeyed", &child.connection);
+                }
                 tracing::info!(
                     connection = %child.connection,
                     inbound = format_args!("{:08x}", child.inbound_spi),

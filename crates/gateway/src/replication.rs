@@ -154,7 +154,9 @@ pub async fn commit_steps(
     while let Some((cmd, mut step)) = steps.recv().await {
         if !cmd.changes.is_empty() {
             let started = tandem_cluster::now();
-            match cluster.propose(cmd).await {
+            let result = cluster.propose(cmd).await;
+            crate::telemetry::committed(tandem_cluster::since(started), result.is_ok());
+            match result {
                 Ok(()) => {
                     tracing::debug!(took = ?tandem_cluster::since(started), "IKE state committed");
                 }

@@ -1,0 +1,123 @@
+//! Prometheus metrics (`[node] metrics_listen`): what a node carries and
+//! how failover went. Recorded through the `metrics` facade, so a process
+//! without an exporter (the demo, the simulator) pays next to nothing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use metrics::{counter, gauge, histogram};
+use tandem_esp::SaStats;
+
+/// Serves `/metrics` on `addr` from now on (inside a Tokio runtime).
+pub fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .with_context(|| format!("metrics listener on {addr}"))?;
+    metrics::describe_counter!(
+        "tandem_esp_packets_total",
+        "ESP packets by tunnel and direction"
+    );
+    metrics::describe_counter!(
+        "tandem_esp_bytes_total",
+        "ESP payload bytes by tunnel and direction"
+    );
+    metrics::describe_counter!(
+        "tandem_esp_replay_drops_total",
+        "inbound packets dropped as replays"
+    );
+    metrics::describe_counter!(
+        "tandem_esp_integrity_failures_total",
+        "inbound packets that failed authentication"
+    );
+    metrics::describe_counter!("tandem_takeovers_total", "tunnels this node took over");
+    metrics::describe_counter!("tandem_handovers_total", "tunnels this node gave up");
+    metrics::describe_gauge!(
+        "tandem_lease_remaining_seconds",
+        "time left on this node's lease"
+    );
+    metrics::describe_histogram!(
+        "tandem_commit_seconds",
+        "time to commit one step of IKE state through Raft"
+    );
+    Ok(())
+}
+
+/// Turns the dataplane's per-SA counters, which restart with every rekey,
+/// into per-tunnel counters that only grow.
+#[derive(Debug, Default)]
+pub struct SaCounters {
+    last: BTreeMap<(u32, bool), SaStats>,
+}
+
+impl SaCounters {
+    /// Records what changed since the last call; `sas` is every SA now
+    /// installed: (tunnel, SPI, inbound, its counters).
+    pub fn update(&mut self, sas: impl IntoIterator<Item = (String, u32, bool, SaStats)>) {
+        let mut seen = BTreeMap::new();
+        for (tunnel, spi, inbound, now) in sas {
+            let before = self.last.get(&(spi, inbound)).copied().unwrap_or_default();
+            let direction = if inbound { "in" } else { "out" };
+            let delta = |a: u64, b: u64| a.saturating_sub(b);
+            counter!("tandem_esp_packets_total", "tunnel" => tunnel.clone(), "direction" => direction)
+                .increment(delta(now.packets, before.packets));
+            counter!("tandem_esp_bytes_total", "tunnel" => tunnel.clone(), "direction" => direction)
+                .increment(delta(now.bytes, before.bytes));
+            if inbound {
+                counter!("tandem_esp_replay_drops_total", "tunnel" => tunnel.clone())
+                    .increment(delta(now.replay_drops, before.replay_drops));
+                counter!("tandem_esp_integrity_failures_total", "tunnel" => tunnel.clone())
+                    .increment(delta(now.integrity_failures, before.integrity_failures));
+            }
+            seen.insert((spi, inbound), now);
+        }
+        // SAs that are gone are forgotten, or the map grows with every rekey.
+        self.last = seen;
+    }
+}
+
+/// What the node carries right now.
+pub fn carrying(tunnels_owned: usize, ike_sas: usize, child_sas: usize) {
+    gauge!("tandem_tunnels_owned").set(tunnels_owned as f64);
+    gauge!("tandem_ike_sas").set(ike_sas as f64);
+    gauge!("tandem_child_sas").set(child_sas as f64);
+}
+
+/// Time left on this node's lease (0 when fenced).
+pub fn lease_remaining(left: Duration) {
+    gauge!("tandem_lease_remaining_seconds").set(left.as_secs_f64());
+}
+
+/// Raft's view from this node.
+pub fn raft(term: u64, leader: Option<u64>, last_applied: u64) {
+    gauge!("tandem_raft_term").set(term as f64);
+    gauge!("tandem_raft_leader").set(leader.map_or(0.0, |l| l as f64));
+    gauge!("tandem_raft_applied_index").set(last_applied as f64);
+}
+
+/// One step of IKE state committed (or not) after `took`.
+pub fn committed(took: Duration, ok: bool) {
+    histogram!("tandem_commit_seconds").record(took.as_secs_f64());
+    if !ok {
+        counter!("tandem_commit_failures_total").increment(1);
+    }
+}
+
+/// This node took a tunnel over; `planned` if from a handover.
+pub fn took_over(tunnel: &str, planned: bool) {
+    counter!("tandem_takeovers_total", "tunnel" => tunnel.to_owned(), "planned" => planned.to_string())
+        .increment(1);
+}
+
+/// This node gave a tunnel up.
+pub fn handed_over(tunnel: &str) {
+    counter!("tandem_handovers_total", "tunnel" => tunnel.to_owned()).increment(1);
+}
+
+/// An IKE event: established, rekeyed, closed.
+pub fn ike_event(kind: &'static str, tunnel: &str) {
+    counter!("tandem_ike_events_total", "event" => kind, "tunnel" => tunnel.to_owned())
+        .increment(1);
+}
