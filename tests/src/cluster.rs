@@ -168,14 +168,26 @@ impl Cluster {
     pub fn tandemctl(&self, ns: &Netns, id: u64, args: &[&str]) -> anyhow::Result<String> {
         let me = &self.members[&id];
         let endpoint = format!("{}:{}", me.addr, Self::admin_port(id));
+        self.tandemctl_at(ns, &endpoint, &me.name, args)
+    }
+
+    /// `tandemctl ARGS...` against any `endpoint`, whose certificate should
+    /// name `server`.
+    pub fn tandemctl_at(
+        &self,
+        ns: &Netns,
+        endpoint: &str,
+        server: &str,
+        args: &[&str],
+    ) -> anyhow::Result<String> {
         let pki = self.pki.to_string_lossy();
         let bin = Tandemd::sibling("tandemctl")?;
         let mut all = vec![
             bin.to_str().context("binary path")?,
             "--endpoint",
-            &endpoint,
+            endpoint,
             "--server-name",
-            &me.name,
+            server,
             "--pki",
             &pki,
         ];

@@ -353,7 +353,70 @@ fn hand_over_and_back(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::
     let json: serde_json::Value =
         serde_json::from_str(&c.tandemctl(&site.nodes[2], 3, &["status", "--json"])?)?;
     ensure!(json["owners"][CONN] == 1, "tandemctl status --json: {json}");
+    tandemctl_reads_and_refuses(site, c)?;
     same_sa_and_rekeys_work(site, peer, &before)
+}
+
+/// `tandemctl tunnels` and `sas`, in both forms, and the errors an operator
+/// meets: an unknown tunnel, a target that is not a live gateway, a member
+/// that does not answer.
+fn tandemctl_reads_and_refuses(site: &HaSite, c: &Cluster) -> anyhow::Result<()> {
+    let ctl = |id, args: &[&str]| c.tandemctl(&site.nodes[2], id, args);
+    let tunnels = ctl(3, &["tunnels"])?;
+    ensure!(
+        tunnels.contains(CONN) && tunnels.contains("gw1") && tunnels.contains(" ms"),
+        "tandemctl tunnels:\n{tunnels}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ctl(3, &["tunnels", "--json"])?)?;
+    ensure!(
+        json[0]["tunnel"] == CONN && json[0]["owner"] == 1,
+        "tandemctl tunnels --json: {json}"
+    );
+    let sas = ctl(1, &["sas"])?;
+    println!("tandemctl sas:\n{sas}");
+    ensure!(
+        sas.contains(&format!("IKE SA {CONN}")) && sas.contains("established"),
+        "tandemctl sas:\n{sas}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ctl(1, &["sas", "--json"])?)?;
+    let packets = json[0]["children"][0]["inbound"]["packets"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(packets > 0, "tandemctl sas --json shows no traffic: {json}");
+    ensure!(
+        !sas.contains("key") && !json.to_string().contains("key"),
+        "tandemctl sas shows something called a key:\n{sas}"
+    );
+    for (args, says) in [
+        (
+            &["handover", "--tunnel", "no-such-tunnel", "--to", "2"][..],
+            "no-such-tunnel",
+        ),
+        (
+            &["handover", "--tunnel", CONN, "--to", "9"][..],
+            "node 9 is not a gateway with a live lease",
+        ),
+    ] {
+        let refused = ctl(3, args)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        ensure!(
+            refused.contains(says),
+            "tandemctl {args:?} should fail naming {says:?}: {refused:?}"
+        );
+    }
+    let unreachable = c
+        .tandemctl_at(&site.nodes[2], "198.51.100.13:1", "gw3", &["status"])
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    ensure!(
+        unreachable.contains("cannot reach the admin API at 198.51.100.13:1"),
+        "an unreachable member: {unreachable:?}"
+    );
+    println!("tandemctl tunnels, sas and their errors: as expected");
+    Ok(())
 }
 
 /// The owner loses its cluster links (its outer link stays up): it must

@@ -39,6 +39,17 @@ enum Cmd {
         json: bool,
     },
     /// Moves one tunnel to another gateway (planned maintenance).
+    /// Each tunnel, its owner, and the owner's lease age.
+    Tunnels {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The IKE and child SAs of the member answering (ask the tunnel's
+    /// owner): SPIs, algorithms, packets and bytes. Never keys.
+    Sas {
+        #[arg(long)]
+        json: bool,
+    },
     Handover {
         #[arg(long)]
         tunnel: String,
@@ -78,6 +89,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", status_json(&status)?);
             } else {
                 print!("{}", status_table(&status));
+            }
+        }
+        Cmd::Tunnels { json } => {
+            let status = client.status(StatusRequest {}).await?.into_inner();
+            let rows = tunnel_rows(&status);
+            if json {
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                print!("{}", tunnels_table(&rows));
+            }
+        }
+        Cmd::Sas { json } => {
+            let status = client.status(StatusRequest {}).await?.into_inner();
+            let detail: serde_json::Value = serde_json::from_str(&status.detail_json)
+                .context("the member sent unreadable SA details")?;
+            let sas = detail["ike_sas"].clone();
+            if json {
+                println!("{sas}");
+            } else {
+                print!("{}", sas_table(status.node, &sas));
             }
         }
         Cmd::Handover { tunnel, to } => {
@@ -167,6 +198,73 @@ fn status_table(s: &StatusReply) -> String {
     out
 }
 
+/// One JSON object per tunnel: name, owner, the owner's lease age as the
+/// answering member sees it.
+fn tunnel_rows(s: &StatusReply) -> Vec<serde_json::Value> {
+    s.tunnels
+        .iter()
+        .map(|t| {
+            let owner = s.members.iter().find(|m| m.id == t.owner);
+            serde_json::json!({
+                "tunnel": t.name,
+                "owner": t.owner,
+                "owner_name": owner.map(|m| m.name.clone()),
+                "owner_lease_age_ms": owner.and_then(|m| m.lease_age_ms),
+            })
+        })
+        .collect()
+}
+
+fn tunnels_table(rows: &[serde_json::Value]) -> String {
+    let mut out = "TUNNEL                OWNER  NAME             LEASE AGE\n".to_owned();
+    for r in rows {
+        out += &format!(
+            "{:<21} {:<6} {:<16} {}\n",
+            r["tunnel"].as_str().unwrap_or("?"),
+            r["owner"].as_u64().unwrap_or(0),
+            r["owner_name"].as_str().unwrap_or("-"),
+            r["owner_lease_age_ms"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |a| format!("{a} ms")),
+        );
+    }
+    out
+}
+
+fn sas_table(node: u64, sas: &serde_json::Value) -> String {
+    let mut out = format!("SAs held by member {node} (a tunnel's SAs are on its owner)\n");
+    let empty = Vec::new();
+    for sa in sas.as_array().unwrap_or(&empty) {
+        out += &format!(
+            "\nIKE SA {} {}_{} {}{}\n",
+            sa["connection"].as_str().unwrap_or("?"),
+            sa["spi_i"].as_str().unwrap_or("?"),
+            sa["spi_r"].as_str().unwrap_or("?"),
+            sa["state"].as_str().unwrap_or("?"),
+            if sa["initiator"] == true {
+                ", initiator"
+            } else {
+                ""
+            },
+        );
+        out += "  CHILD IN/OUT        ALGORITHMS            PACKETS IN/OUT      BYTES IN/OUT\n";
+        for c in sa["children"].as_array().unwrap_or(&empty) {
+            let n = |dir: &str, k: &str| c[dir][k].as_u64().unwrap_or(0);
+            out += &format!(
+                "  {}/{}   {:<21} {:>8}/{:<10} {:>10}/{}\n",
+                c["inbound_spi"].as_str().unwrap_or("?"),
+                c["outbound_spi"].as_str().unwrap_or("?"),
+                c["proposal"].as_str().unwrap_or("?"),
+                n("inbound", "packets"),
+                n("outbound", "packets"),
+                n("inbound", "bytes"),
+                n("outbound", "bytes"),
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +311,34 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&status_json(&s).unwrap()).unwrap();
         assert_eq!(json["owners"]["site-a"], 1);
         assert_eq!(json["members"][0]["lease_age_ms"], 40);
+        let rows = tunnel_rows(&s);
+        assert_eq!(rows[0]["owner_name"], "gw1");
+        let table = tunnels_table(&rows);
+        assert!(
+            table.contains("site-a                1      gw1              40 ms"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn sas_table_shows_spis_algorithms_and_counters() {
+        let sas = serde_json::json!([{
+            "connection": "site-a", "spi_i": "00000000000000aa", "spi_r": "00000000000000bb",
+            "state": "established", "initiator": false,
+            "children": [{
+                "inbound_spi": "c1000001", "outbound_spi": "c2000002", "proposal": "aes256gcm16",
+                "inbound": {"packets": 7, "bytes": 700}, "outbound": {"packets": 5, "bytes": 500},
+            }],
+        }]);
+        let table = sas_table(2, &sas);
+        assert!(
+            table.contains("IKE SA site-a 00000000000000aa_00000000000000bb established"),
+            "{table}"
+        );
+        assert!(table.contains("c1000001/c2000002   aes256gcm16"), "{table}");
+        assert!(
+            table.contains("7/5") && table.contains("700/500"),
+            "{table}"
+        );
     }
 }
