@@ -216,6 +216,31 @@ fn same_sa_and_rekeys_work(
     Ok(())
 }
 
+/// Waits until the cluster has kept one term for a second with every
+/// gateway's lease fresh: on a loaded machine the cluster may still hold an
+/// election just after start, and owners send nothing while it does.
+fn settled(c: &Cluster) -> anyhow::Result<()> {
+    let mut last: Option<(u64, std::time::Instant)> = None;
+    wait_for("the cluster to settle", Duration::from_secs(15), || {
+        let v = c.view(3)?;
+        let term = v["term"].as_u64().unwrap_or(0);
+        let fresh = [1, 2].iter().all(|g| {
+            v["lease_age_ms"][g.to_string()]
+                .as_u64()
+                .is_some_and(|age| age < 200)
+        });
+        match last {
+            Some((t, since)) if t == term && fresh => {
+                Ok((since.elapsed() >= Duration::from_secs(1)).then_some(()))
+            }
+            _ => {
+                last = fresh.then(|| (term, std::time::Instant::now()));
+                Ok(None)
+            }
+        }
+    })
+}
+
 /// Node `i`'s Prometheus metrics, scraped from inside its namespace.
 fn scrape(site: &HaSite, i: usize) -> anyhow::Result<String> {
     let url = format!("http://{}:9100/metrics", HaSite::cluster_addr(i));
@@ -578,6 +603,7 @@ fn active_active_a_survivor_carries_both_tunnels() -> anyhow::Result<()> {
                 .is_some_and(|a| a.len() == 2)
                 .then_some(()))
         })?;
+        settled(&c)?;
         for (name, src, dst) in flows {
             let p = ping(&site.peer, src, dst, 50, PING_INTERVAL)?;
             ensure!(p.lost() == 0, "{name} before the crash lost {}", p.lost());
