@@ -201,11 +201,8 @@ impl Cluster {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let applied = self.read_state(|s| s.leases.get(&self.id).map_or(0, |l| l.at_ms));
-        let at_ms = wall.max(applied + 1).max(
-            self.last_renewal
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1,
-        );
+        let last = self.last_renewal.load(std::sync::atomic::Ordering::Relaxed);
+        let at_ms = wall.max(applied + 1).max(last + 1);
         self.last_renewal
             .fetch_max(at_ms, std::sync::atomic::Ordering::Relaxed);
         self.propose(Command::one(Change::LeaseRenewed {

@@ -291,12 +291,13 @@ impl Dataplane {
                         })
                     })
                 };
+                let (inbound, outbound) = self.sa_stats(c.inbound_spi, c.outbound_spi);
                 serde_json::json!({
                     "inbound_spi": format!("{:08x}", c.inbound_spi),
                     "outbound_spi": format!("{:08x}", c.outbound_spi),
                     "proposal": c.proposal,
-                    "inbound": stats(self.sadb.inbound_stats(c.inbound_spi)),
-                    "outbound": stats(self.sadb.outbound_stats(c.outbound_spi)),
+                    "inbound": stats(inbound),
+                    "outbound": stats(outbound),
                 })
             })
             .collect();

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tandem_crypto::OsRandom;
+use tandem_ike::message::{ExchangeType, Header};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
@@ -138,16 +139,14 @@ struct PeerIo {
 impl Io for PeerIo {
     async fn send_udp(&self, local: SocketAddr, remote: SocketAddr, datagram: &[u8]) {
         let mut w = self.world.lock();
-        // IKE_SA_INIT requests (exchange 34, initiator flag, message 0): a
-        // surviving tunnel never needs another one.
+        // IKE_SA_INIT requests (on port 500, before NAT-T floats to 4500):
+        // a surviving tunnel never needs another one.
         if local.port() == 500
-            && datagram.len() >= 28
-            && datagram[18] == 34
-            && datagram[19] & 0x20 == 0
+            && let Ok(h) = Header::parse(datagram)
+            && h.exchange == ExchangeType::IkeSaInit
+            && !h.response
         {
-            let mut spi = [0; 8];
-            spi.copy_from_slice(&datagram[..8]);
-            w.inits.insert(u64::from_be_bytes(spi));
+            w.inits.insert(h.spi_i);
         }
         if let Some(node) = w.segment.route(remote.ip())
             && w.segment.holds(node, remote.ip())

@@ -481,17 +481,18 @@ struct Node<I: Io> {
 impl<I: Io> Node<I> {
     /// Exports what the node carries (every [`METRICS_EVERY`]).
     fn export_metrics(&mut self, now: Instant) {
-        let mut ike_sas = 0;
+        let (mut ike_sas, mut child_sas) = (0, 0);
         let mut sas = Vec::new();
         for sa in self.endpoint.ike_sas() {
             ike_sas += 1;
+            child_sas += sa.children.len();
             for c in &sa.children {
                 let (inbound, outbound) = self.dataplane.sa_stats(c.inbound_spi, c.outbound_spi);
                 sas.extend(inbound.map(|s| (sa.connection.clone(), c.inbound_spi, true, s)));
                 sas.extend(outbound.map(|s| (sa.connection.clone(), c.outbound_spi, false, s)));
             }
         }
-        crate::telemetry::carrying(self.owned.len(), ike_sas, sas.len() / 2);
+        crate::telemetry::carrying(self.owned.len(), ike_sas, child_sas);
         self.sa_counters.update(sas);
         if let Some(cluster) = &self.cluster {
             let m = cluster.metrics();

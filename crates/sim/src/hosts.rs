@@ -17,7 +17,7 @@ use tandem_gateway::{node, replication};
 use tokio::sync::mpsc;
 use turmoil::net::UdpSocket;
 
-use crate::net::{self, LAN_PORT, OUTER_PORT, TurmoilLinks};
+use crate::net::{self, ExchangeType, LAN_PORT, OUTER_PORT, TurmoilLinks};
 use crate::record::{EspSent, IkeSent, NodeId, PeerUse, Shared, now};
 use crate::run::Sabotage;
 
@@ -66,7 +66,7 @@ impl Io for GatewayIo {
         match self.sabotage {
             Some(Sabotage::AlterRetransmit)
                 if net::ike_header(local.port(), datagram)
-                    .is_some_and(|h| h.response && h.exchange != 34) =>
+                    .is_some_and(|h| h.response && h.exchange != ExchangeType::IkeSaInit) =>
             {
                 let mut altered = datagram.to_vec();
                 if let Some(last) = altered.last_mut() {
@@ -77,7 +77,7 @@ impl Io for GatewayIo {
             Some(Sabotage::StaleResponse) => {
                 if let Some(h) = net::ike_header(local.port(), datagram)
                     && h.response
-                    && h.exchange != 34
+                    && h.exchange != ExchangeType::IkeSaInit
                 {
                     let first = self.kept.borrow().first_response.clone();
                     match first {
@@ -153,7 +153,7 @@ fn record_send(node: NodeId, shared: &Shared, local: SocketAddr, datagram: &[u8]
         rec.note(
             at,
             format_args!(
-                "gw{node} IKE {} {}{} {:016x}",
+                "gw{node} IKE {:?} {}{} {:016x}",
                 header.exchange,
                 if header.response {
                     "response "
@@ -425,11 +425,15 @@ impl Io for PeerIo {
             } else if let Some(h) = net::ike_header(local.port(), datagram)
                 && !h.response
             {
-                if h.exchange == 34 {
+                if h.exchange == ExchangeType::IkeSaInit {
                     if rec.peer_inits.insert(h.spi_i, at).is_none() {
                         rec.note(at, format_args!("peer IKE_SA_INIT {:016x}", h.spi_i));
                     }
-                } else if h.exchange >= 36 && rec.peer_ike.insert((h.spi_i, h.spi_r)) {
+                } else if matches!(
+                    h.exchange,
+                    ExchangeType::CreateChildSa | ExchangeType::Informational
+                ) && rec.peer_ike.insert((h.spi_i, h.spi_r))
+                {
                     rec.peer_uses.push((
                         at,
                         PeerUse::Ike {

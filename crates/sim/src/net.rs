@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use futures::StreamExt as _;
 use tandem_cluster::transport::{Dialing, Listening};
 use tandem_cluster::{Conn, Links};
+pub use tandem_ike::message::{ExchangeType, Header as IkeHeader};
 
 /// Raft links over turmoil TCP.
 #[derive(Debug)]
@@ -76,50 +77,31 @@ pub fn unframe(msg: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {
 }
 
 /// An ESP-in-UDP datagram's SPI and sequence number (None for IKE on port
-/// 4500, which starts with the four-byte non-ESP marker, and for runts).
+/// 4500, keepalives and anything on another port).
 pub fn esp_header(port: u16, datagram: &[u8]) -> Option<(u32, u32)> {
-    if port != 4500 || datagram.len() < 8 {
+    if port != 4500 || tandem_esp::classify(datagram) != tandem_esp::Datagram::Esp {
         return None;
     }
-    let spi = u32::from_be_bytes([datagram[0], datagram[1], datagram[2], datagram[3]]);
-    if spi == 0 {
-        return None;
-    }
-    let seq = u32::from_be_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]);
-    Some((spi, seq))
+    let word = |i: usize| {
+        u32::from_be_bytes([
+            datagram[i],
+            datagram[i + 1],
+            datagram[i + 2],
+            datagram[i + 3],
+        ])
+    };
+    Some((word(0), word(4)))
 }
 
-/// An IKE message's header fields, from a datagram to or from `port`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IkeHeader {
-    pub spi_i: u64,
-    pub spi_r: u64,
-    pub exchange: u8,
-    pub response: bool,
-    pub message_id: u32,
-}
-
+/// An IKE message's fixed header, from a datagram to or from `port` (after
+/// the non-ESP marker on 4500), as tandem-ike parses it.
 pub fn ike_header(port: u16, datagram: &[u8]) -> Option<IkeHeader> {
-    let msg = if port == 4500 {
-        datagram.strip_prefix(&[0u8; 4][..])?
-    } else {
-        datagram
+    let msg = match (port, tandem_esp::classify(datagram)) {
+        (4500, tandem_esp::Datagram::Ike(msg)) => msg,
+        (4500, _) => return None,
+        _ => datagram,
     };
-    if msg.len() < 28 {
-        return None;
-    }
-    let u64_at = |i: usize| {
-        let mut b = [0; 8];
-        b.copy_from_slice(&msg[i..i + 8]);
-        u64::from_be_bytes(b)
-    };
-    Some(IkeHeader {
-        spi_i: u64_at(0),
-        spi_r: u64_at(8),
-        exchange: msg[18],
-        response: msg[19] & 0x20 != 0,
-        message_id: u32::from_be_bytes([msg[20], msg[21], msg[22], msg[23]]),
-    })
+    IkeHeader::parse(msg).ok()
 }
 
 #[cfg(test)]

@@ -16,11 +16,8 @@ pub struct IkeMessageIds {
 
 impl Checker for IkeMessageIds {
     fn check(&mut self, rec: &Record, _: &Context<'_>) -> Result<(), Violation> {
-        for sent in &rec.ike[self.done..] {
+        for sent in super::responses(rec, self.done) {
             let h = &sent.header;
-            if !h.response {
-                continue;
-            }
             let top = self.top.entry(h.spi_i).or_insert(h.message_id);
             if h.message_id < *top {
                 return Err(Violation {

@@ -55,6 +55,11 @@ pub struct Context<'a> {
     pub key: &'a tandem_cluster::StorageKey,
 }
 
+/// IKE responses the gateways sent from index `from` of the record on.
+fn responses(rec: &Record, from: usize) -> impl Iterator<Item = &crate::record::IkeSent> {
+    rec.ike[from..].iter().filter(|s| s.header.response)
+}
+
 /// Every checker.
 pub fn all() -> Vec<Box<dyn Checker>> {
     vec![

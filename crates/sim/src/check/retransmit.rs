@@ -9,8 +9,6 @@ use std::collections::BTreeMap;
 use super::{Checker, Context, Violation};
 use crate::record::Record;
 
-const IKE_SA_INIT: u8 = 34;
-
 #[derive(Debug, Default)]
 pub struct Retransmit {
     done: usize,
@@ -20,9 +18,9 @@ pub struct Retransmit {
 
 impl Checker for Retransmit {
     fn check(&mut self, rec: &Record, _: &Context<'_>) -> Result<(), Violation> {
-        for sent in &rec.ike[self.done..] {
+        for sent in super::responses(rec, self.done) {
             let h = &sent.header;
-            if !h.response || h.exchange == IKE_SA_INIT {
+            if h.exchange == crate::net::ExchangeType::IkeSaInit {
                 continue;
             }
             let key = (h.spi_i, h.spi_r, h.message_id);
