@@ -75,12 +75,14 @@ pub enum Change {
         from: NodeId,
         to: NodeId,
     },
-    /// Outbound sequence numbers up to `up_to` (inclusive) of a child may be
-    /// used by `node`; a new owner starts above the highest reservation.
+    /// The next `count` outbound sequence numbers of a child, after every
+    /// number reserved before, may be used by `node` if it owns the child's
+    /// tunnel. Relative, so a node with a stale view of the state (one that
+    /// just restarted) cannot be granted numbers another node used.
     SeqBlockReserved {
         outbound_spi: u32,
         node: NodeId,
-        up_to: u64,
+        count: u64,
     },
     /// Highest inbound sequence number accepted on a child so far.
     ReplayMarkSynced {

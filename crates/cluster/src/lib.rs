@@ -24,7 +24,7 @@ mod network;
 pub use command::{Change, Command};
 pub use node::{Cluster, ClusterConfig, ClusterError, StateEvent};
 pub use seal::StorageKey;
-pub use state::ClusterState;
+pub use state::{ClusterState, Grant, Outcome};
 pub use store::{Disk, MemoryDisk};
 pub use transport::{Conn, Links, Transport};
 
@@ -68,7 +68,7 @@ openraft::declare_raft_types!(
     /// Tandem's openraft types.
     pub TypeConfig:
         D = Command,
-        R = (),
+        R = state::Outcome,
         NodeId = NodeId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,

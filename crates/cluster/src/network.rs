@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status};
 
 use crate::command::{Command, WIRE_VERSION, decode, encode};
 use crate::transport::Transport;
-use crate::{Member, NodeId, Raft, TypeConfig};
+use crate::{Member, NodeId, Outcome, Raft, TypeConfig};
 
 fn payload<T: Serialize>(value: &T) -> Payload {
     Payload {
@@ -197,16 +197,21 @@ impl ForwardFailure {
 const LEARNER_CATCH_UP: Duration = Duration::from_secs(15);
 
 /// Executes a request on this node, which must be the leader to succeed.
-pub(crate) async fn execute(raft: &Raft, fwd: &Forward) -> Result<(), ForwardFailure> {
+pub(crate) async fn execute(raft: &Raft, fwd: &Forward) -> Result<Outcome, ForwardFailure> {
     match fwd {
-        Forward::Write(cmd) => raft.client_write(cmd.clone()).await.map(drop),
+        Forward::Write(cmd) => raft.client_write(cmd.clone()).await.map(|r| r.data),
         Forward::AddLearner { id, member } => {
             raft.add_learner(*id, member.clone(), false)
                 .await
                 .map_err(ForwardFailure::from_write)?;
-            return await_learner(raft, *id, member).await;
+            return await_learner(raft, *id, member)
+                .await
+                .map(|()| Outcome::default());
         }
-        Forward::ChangeVoters(ids) => raft.change_membership(ids.clone(), false).await.map(drop),
+        Forward::ChangeVoters(ids) => raft
+            .change_membership(ids.clone(), false)
+            .await
+            .map(|r| r.data),
     }
     .map_err(ForwardFailure::from_write)
 }
@@ -301,7 +306,7 @@ pub(crate) async fn forward(
     client: &mut RaftClient<Channel>,
     fwd: &Forward,
     timeout: Duration,
-) -> Result<Result<(), ForwardFailure>, String> {
+) -> Result<Result<Outcome, ForwardFailure>, String> {
     match tokio::time::timeout(timeout, client.forward(payload(fwd))).await {
         Ok(Ok(reply)) => unpack(reply.get_ref()).map_err(|e| e.to_string()),
         Ok(Err(status)) => Err(status.to_string()),

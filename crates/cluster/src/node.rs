@@ -17,7 +17,7 @@ use crate::network::{Forward, Network, Service, execute, forward};
 pub use crate::store::StateEvent;
 use crate::store::{self, Applied, Disk};
 use crate::transport::Transport;
-use crate::{Change, ClusterState, Command, Member, NodeId, Raft, StorageKey};
+use crate::{Change, ClusterState, Command, Member, NodeId, Outcome, Raft, StorageKey};
 
 /// How long a proposal may take, leader changes and forwarding included,
 /// before the caller hears it failed.
@@ -245,8 +245,8 @@ impl Cluster {
     }
 
     /// Commits a command on a quorum (forwarding to the leader if this node is
-    /// not it) and returns once the leader applied it.
-    pub async fn propose(&self, cmd: Command) -> Result<(), ClusterError> {
+    /// not it) and returns, once the leader applied it, what applying did.
+    pub async fn propose(&self, cmd: Command) -> Result<Outcome, ClusterError> {
         self.submit(Forward::Write(cmd), PROPOSE_TIMEOUT).await
     }
 
@@ -275,6 +275,7 @@ impl Cluster {
         voters.remove(&id);
         self.submit(Forward::ChangeVoters(voters), MEMBERSHIP_TIMEOUT)
             .await
+            .map(drop)
     }
 
     /// Voter ids in the last applied membership.
@@ -340,13 +341,13 @@ impl Cluster {
             .unwrap_or_else(|_| panic!("state machine lock poisoned"))
     }
 
-    async fn submit(&self, fwd: Forward, timeout: Duration) -> Result<(), ClusterError> {
+    async fn submit(&self, fwd: Forward, timeout: Duration) -> Result<Outcome, ClusterError> {
         let mut last = ClusterError::NoLeader;
         let attempts = async {
             let mut backoff = Duration::from_millis(20);
             loop {
                 let failure = match execute(&self.raft, &fwd).await {
-                    Ok(()) => return Ok(()),
+                    Ok(outcome) => return Ok(outcome),
                     Err(f) => f,
                 };
                 match failure.not_leader {
@@ -364,7 +365,7 @@ impl Cluster {
                     }
                     Some(Some((leader, member))) if leader != self.id => {
                         match self.forward_to(leader, &member, &fwd, timeout).await {
-                            Ok(()) => return Ok(()),
+                            Ok(outcome) => return Ok(outcome),
                             Err(Retry::No(e)) => return Err(e),
                             // The leader died or moved on: ask again.
                             Err(Retry::Yes(e)) => last = e,
@@ -393,7 +394,7 @@ impl Cluster {
         member: &Member,
         fwd: &Forward,
         timeout: Duration,
-    ) -> Result<(), Retry> {
+    ) -> Result<Outcome, Retry> {
         // The lock covers the cache only, never a call: forwarded requests
         // (lease renewals among them) must not queue behind one that waits
         // on a leader that just died. A tonic client clones cheaply.

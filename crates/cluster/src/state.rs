@@ -60,6 +60,20 @@ pub struct SeqReservation {
     pub up_to: u64,
 }
 
+/// What the state machine did with one committed command: the answer a
+/// proposer gets, so it acts on what was decided, not on what it asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub granted: Vec<Grant>,
+}
+
+/// A block of outbound sequence numbers granted to the SA's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub outbound_spi: u32,
+    pub block: SeqReservation,
+}
+
 impl ClusterState {
     /// A tunnel changed hands: its SAs' latest blocks may be partly used by
     /// the old owner, so the new owner's blocks start after them.
@@ -79,8 +93,8 @@ impl ClusterState {
     /// does not own the tunnel: an owner that lost its tunnel (its lease
     /// lapsed while it was cut off) may still have a step in flight, and
     /// committing it would roll the new owner's IKE SA back (invariant 2).
-    /// Returns whether it was applied.
-    pub fn apply_command(&mut self, changes: &[Change]) -> bool {
+    /// Returns what it did, or `None` if it refused the command.
+    pub fn apply_command(&mut self, changes: &[Change]) -> Option<Outcome> {
         let stale = changes.iter().any(|c| match c {
             Change::IkeSaCommitted { by, record } => self
                 .owners
@@ -89,15 +103,18 @@ impl ClusterState {
             _ => false,
         });
         if stale {
-            return false;
+            return None;
         }
+        let mut outcome = Outcome::default();
         for change in changes {
-            self.apply(change);
+            outcome.granted.extend(self.apply(change));
         }
-        true
+        Some(outcome)
     }
 
-    pub fn apply(&mut self, change: &Change) {
+    /// Applies one change; returns the sequence-number block it granted, if
+    /// it was a reservation the state machine accepted.
+    pub fn apply(&mut self, change: &Change) -> Option<Grant> {
         match change {
             Change::TunnelUpsert(cfg) => {
                 self.tunnels.insert(cfg.name.clone(), (**cfg).clone());
@@ -161,17 +178,18 @@ impl ClusterState {
             Change::SeqBlockReserved {
                 outbound_spi,
                 node,
-                up_to,
+                count,
             } => {
-                // Invariant 3: only the SA's owner reserves, and reservations
-                // only grow; a block starts after everything reserved before.
+                // Invariant 3: only the SA's owner reserves, and a block
+                // starts after everything reserved before, whoever asks and
+                // whatever their view of the state was when they asked.
                 let owner = self
                     .child_sas
                     .values()
                     .find(|c| c.outbound_spi == *outbound_spi)
                     .and_then(|c| self.owners.get(&c.connection));
-                if owner != Some(node) {
-                    return;
+                if owner != Some(node) || *count == 0 {
+                    return None;
                 }
                 let r = self
                     .seq_reservations
@@ -181,13 +199,16 @@ impl ClusterState {
                         from: 1,
                         up_to: 0,
                     });
-                if *up_to > r.up_to {
-                    *r = SeqReservation {
-                        node: *node,
-                        from: r.up_to + 1,
-                        up_to: *up_to,
-                    };
-                }
+                let up_to = r.up_to.checked_add(*count)?;
+                *r = SeqReservation {
+                    node: *node,
+                    from: r.up_to + 1,
+                    up_to,
+                };
+                return Some(Grant {
+                    outbound_spi: *outbound_spi,
+                    block: *r,
+                });
             }
             Change::ReplayMarkSynced {
                 inbound_spi,
@@ -203,6 +224,7 @@ impl ClusterState {
                 *last = (*last).max(*seq);
             }
         }
+        None
     }
 }
 
@@ -211,25 +233,7 @@ mod tests {
     use super::*;
 
     fn child(inbound: u32, outbound: u32) -> ChildSa {
-        use tandem_crypto::{EncrAlg, Secret};
-        ChildSa {
-            connection: "site-a".into(),
-            inbound_spi: inbound,
-            outbound_spi: outbound,
-            encr: EncrAlg::AesGcm16 { key_bits: 128 },
-            integ: None,
-            esn: false,
-            inbound_encr_key: Secret::new(vec![1; 20]),
-            inbound_integ_key: None,
-            outbound_encr_key: Secret::new(vec![2; 20]),
-            outbound_integ_key: None,
-            local_ts: Vec::new(),
-            remote_ts: Vec::new(),
-            local: "192.0.2.1:4500".parse().unwrap(),
-            remote: "198.51.100.1:4500".parse().unwrap(),
-            replaces: None,
-            outbound_waits: false,
-        }
+        ChildSa::for_tests("site-a", inbound, outbound, &[1; 36])
     }
 
     #[test]
@@ -240,24 +244,29 @@ mod tests {
             node: 1,
         });
         s.apply(&Change::ChildSaInstalled(Box::new(child(1, 2))));
-        let reserve = |s: &mut ClusterState, node, up_to| {
+        let reserve = |s: &mut ClusterState, node, count| {
             s.apply(&Change::SeqBlockReserved {
                 outbound_spi: 2,
                 node,
-                up_to,
-            });
+                count,
+            })
+            .map(|g| (g.block.from, g.block.up_to))
         };
-        reserve(&mut s, 1, 1000);
-        reserve(&mut s, 1, 500);
-        reserve(&mut s, 2, 5000);
+        assert_eq!(reserve(&mut s, 1, 1000), Some((1, 1000)));
+        assert_eq!(reserve(&mut s, 1, 500), Some((1001, 1500)));
+        assert_eq!(reserve(&mut s, 1, 0), None, "an empty block is no grant");
+        assert_eq!(
+            reserve(&mut s, 2, 5000),
+            None,
+            "never by a node that does not own the SA"
+        );
         assert_eq!(
             s.seq_reservations[&2],
             SeqReservation {
                 node: 1,
-                from: 1,
-                up_to: 1000
+                from: 1001,
+                up_to: 1500
             },
-            "never backwards, and never by a node that does not own the SA"
         );
         s.apply(&Change::OwnerTransferred {
             tunnel: "site-a".into(),
@@ -268,20 +277,21 @@ mod tests {
             s.seq_reservations[&2],
             SeqReservation {
                 node: 2,
-                from: 1001,
-                up_to: 1000
+                from: 1501,
+                up_to: 1500
             },
             "the new owner starts after the old owner's block"
         );
-        reserve(&mut s, 1, 9000);
-        reserve(&mut s, 2, 2000);
+        assert_eq!(reserve(&mut s, 1, 9000), None);
         assert_eq!(
-            s.seq_reservations[&2],
-            SeqReservation {
-                node: 2,
-                from: 1001,
-                up_to: 2000
-            }
+            reserve(&mut s, 2, 2000),
+            Some((1501, 3500)),
+            "a block after everything reserved, whatever the asker knew"
+        );
+        assert_eq!(
+            reserve(&mut s, 2, u64::MAX),
+            None,
+            "a block past the end of the number space is no grant"
         );
         for highest in [10, 5, 12] {
             s.apply(&Change::ReplayMarkSynced {

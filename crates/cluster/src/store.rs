@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use crate::command::{Change, decode, encode};
 use crate::lease::LeaseWatch;
 use crate::seal::StorageKey;
-use crate::state::ClusterState;
+use crate::state::{ClusterState, Outcome};
 use crate::{Member, NodeId, TypeConfig};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -640,7 +640,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((a.last_applied, a.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, SError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, SError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -649,33 +649,43 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut a = self.write();
         for entry in entries {
             a.last_applied = Some(entry.log_id);
+            let mut outcome = Outcome::default();
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(cmd) => {
-                    let applied = a.state.apply_command(&cmd.changes);
-                    if applied {
-                        for change in &cmd.changes {
-                            if let Change::LeaseRenewed { node, .. } = change {
-                                lock(&self.leases).observe(*node, entry.log_id.index, crate::now());
+                    let applied = match a.state.apply_command(&cmd.changes) {
+                        Some(done) => {
+                            outcome = done;
+                            for change in &cmd.changes {
+                                if let Change::LeaseRenewed { node, .. } = change {
+                                    lock(&self.leases).observe(
+                                        *node,
+                                        entry.log_id.index,
+                                        crate::now(),
+                                    );
+                                }
                             }
+                            cmd.changes
                         }
-                    } else {
-                        tracing::warn!(
-                            index = entry.log_id.index,
-                            "refused IKE state from a node that no longer owns its tunnel"
-                        );
-                    }
+                        None => {
+                            tracing::warn!(
+                                index = entry.log_id.index,
+                                "refused IKE state from a node that no longer owns its tunnel"
+                            );
+                            Vec::new()
+                        }
+                    };
                     // The receiver may be gone (a witness); nothing to tell then.
                     let _ = self.events.send(StateEvent::Applied {
                         index: entry.log_id.index,
-                        changes: if applied { cmd.changes } else { Vec::new() },
+                        changes: applied,
                     });
                 }
                 EntryPayload::Membership(m) => {
                     a.membership = StoredMembership::new(Some(entry.log_id), m);
                 }
             }
-            out.push(());
+            out.push(outcome);
         }
         Ok(out)
     }

@@ -110,32 +110,19 @@ async fn caught_up(node: &Cluster, index: u64) {
 
 fn key_material() -> Vec<u8> {
     // Recognisable, and long enough that a chance match is impossible.
-    (0..32u8)
+    (0..36u8)
         .map(|i| i.wrapping_mul(37).wrapping_add(11))
         .collect()
 }
 
 fn child_with_key() -> Command {
-    use tandem_crypto::{EncrAlg, Secret};
     use tandem_ike::endpoint::ChildSa;
-    Command::one(Change::ChildSaInstalled(Box::new(ChildSa {
-        connection: "site-a".into(),
-        inbound_spi: 0xc0ffee,
-        outbound_spi: 0xbeef,
-        encr: EncrAlg::AesGcm16 { key_bits: 256 },
-        integ: None,
-        esn: false,
-        inbound_encr_key: Secret::new(key_material()),
-        inbound_integ_key: None,
-        outbound_encr_key: Secret::new(key_material()),
-        outbound_integ_key: None,
-        local_ts: Vec::new(),
-        remote_ts: Vec::new(),
-        local: "192.0.2.1:4500".parse().unwrap(),
-        remote: "198.51.100.1:4500".parse().unwrap(),
-        replaces: None,
-        outbound_waits: false,
-    })))
+    Command::one(Change::ChildSaInstalled(Box::new(ChildSa::for_tests(
+        "site-a",
+        0xc0ffee,
+        0xbeef,
+        &key_material(),
+    ))))
 }
 
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {

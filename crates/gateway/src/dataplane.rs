@@ -32,8 +32,16 @@ pub struct Dataplane {
     /// In a cluster, outbound sequence numbers are used only up to what Raft
     /// reserved for this node (invariant 3); standalone, without limit.
     gated: bool,
-    /// Committed reservations by outbound SPI: the highest number usable here.
-    reserved: BTreeMap<u32, u64>,
+    /// Committed reservations by outbound SPI.
+    reserved: BTreeMap<u32, Block>,
+}
+
+/// The sequence numbers this node may use on one outbound SA: from `floor`
+/// (or where it has got to) up to `ceiling`, inclusive.
+#[derive(Debug, Default, Clone, Copy)]
+struct Block {
+    floor: u64,
+    ceiling: u64,
 }
 
 impl Dataplane {
@@ -49,13 +57,29 @@ impl Dataplane {
         }
     }
 
-    /// A reservation for `outbound_spi` up to `up_to` is committed.
-    pub fn grant(&mut self, outbound_spi: u32, up_to: u64) {
-        let r = self.reserved.entry(outbound_spi).or_insert(0);
-        *r = (*r).max(up_to);
-        let ceiling = *r;
-        // The SA may not be installed yet (a rekey's outbound half waits).
-        let _ = self.sadb.set_seq_ceiling(outbound_spi, ceiling);
+    /// The state machine granted `from..=up_to` of `outbound_spi` to this
+    /// node. A block that does not follow on from this node's last one (its
+    /// first after a takeover, or one granted after another node's) leaves a
+    /// gap of numbers that are not this node's: sending resumes at `from`.
+    pub fn grant(&mut self, outbound_spi: u32, from: u64, up_to: u64) {
+        let r = self.reserved.entry(outbound_spi).or_default();
+        if from > r.ceiling.saturating_add(1) {
+            r.floor = r.floor.max(from);
+        }
+        r.ceiling = r.ceiling.max(up_to);
+        let r = *r;
+        // The SA may not be installed yet (a rekey's outbound half waits):
+        // install_outbound applies the block then.
+        self.apply_block(outbound_spi, r);
+    }
+
+    fn apply_block(&mut self, outbound_spi: u32, block: Block) {
+        if let Some((next, _)) = self.sadb.outbound_seq(outbound_spi) {
+            if next < block.floor {
+                let _ = self.sadb.advance_seq(outbound_spi, block.floor);
+            }
+            let _ = self.sadb.set_seq_ceiling(outbound_spi, block.ceiling);
+        }
     }
 
     /// Whether this node has the outbound half of an SA (installed or
@@ -68,14 +92,14 @@ impl Dataplane {
                 .any(|c| c.outbound_spi == outbound_spi)
     }
 
-    /// Outbound SAs that have used half their reservation, with the next
-    /// reservation each needs (`block` more numbers).
-    pub fn refills(&self, block: u64) -> Vec<(u32, u64)> {
+    /// Outbound SAs that have used half their reservation (of `block`
+    /// numbers), or have none yet, and need the next one.
+    pub fn refills(&self, block: u64) -> Vec<u32> {
         self.reserved
             .iter()
-            .filter_map(|(&spi, &up_to)| {
+            .filter_map(|(&spi, r)| {
                 let (next, _) = self.sadb.outbound_seq(spi)?;
-                (next + block / 2 > up_to).then_some((spi, up_to.max(next - 1) + block))
+                (next + block / 2 > r.ceiling).then_some(spi)
             })
             .collect()
     }
@@ -103,8 +127,16 @@ impl Dataplane {
         }
         self.sadb
             .raise_replay_mark(child.inbound_spi, replay_mark)?;
-        self.install_outbound(child)?;
-        self.sadb.advance_seq(child.outbound_spi, first_seq)
+        // No block yet, but one is due: a reservation that fails is asked
+        // for again (see refills).
+        self.reserved.insert(
+            child.outbound_spi,
+            Block {
+                floor: first_seq,
+                ceiling: 0,
+            },
+        );
+        self.install_outbound(child)
     }
 
     /// Hands a child SA over to another node: stop sending, keep decrypting
@@ -168,8 +200,12 @@ impl Dataplane {
     fn install_outbound(&mut self, child: &ChildSa) -> Result<(), EspError> {
         self.install_outbound_ungated(child)?;
         if self.gated {
-            let ceiling = self.reserved.get(&child.outbound_spi).copied().unwrap_or(0);
-            self.sadb.set_seq_ceiling(child.outbound_spi, ceiling)?;
+            let block = self
+                .reserved
+                .get(&child.outbound_spi)
+                .copied()
+                .unwrap_or_default();
+            self.apply_block(child.outbound_spi, block);
         }
         Ok(())
     }
@@ -331,5 +367,40 @@ fn selector(ts: &TrafficSelector) -> Selector {
         end_port: ts.end_port,
         start: ts.start,
         end: ts.end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn child() -> ChildSa {
+        ChildSa::for_tests("site-a", 1, 2, &[7; 36])
+    }
+
+    #[test]
+    fn a_node_sends_only_from_the_blocks_granted_to_it() {
+        let mut d = Dataplane::new(BTreeMap::from([("site-a".to_owned(), 64)]), true);
+        // Taken over from a view where numbers up to 99 were spoken for:
+        // nothing may be sent before a block is granted, and one is due.
+        d.take_over(&child(), 100, 0).unwrap();
+        assert_eq!(d.sadb.outbound_seq(2), Some((100, 0)));
+        assert_eq!(d.refills(1000), vec![2]);
+        // That view was stale: the grant starts after another node's numbers.
+        d.grant(2, 5000, 5999);
+        assert_eq!(d.sadb.outbound_seq(2), Some((5000, 5999)));
+        // A block that follows on from this node's own does not skip.
+        d.grant(2, 6000, 6999);
+        assert_eq!(d.sadb.outbound_seq(2), Some((5000, 6999)));
+        assert!(d.refills(1000).is_empty());
+        // A block granted after another node's (the tunnel moved away and
+        // back while a reservation was committing) leaves a gap.
+        d.grant(2, 9000, 9999);
+        assert_eq!(d.sadb.outbound_seq(2), Some((9000, 9999)));
+        // Handed over: no block left, none asked for.
+        d.hand_over(&child());
+        assert!(d.refills(1000).is_empty());
     }
 }

@@ -465,7 +465,8 @@ struct Node<I: Io> {
     /// (everything is history) until the first lease renewal of this
     /// process is applied here: a reservation this node made and used
     /// before a crash may reach its log only after the restart, and must
-    /// not be taken for a fresh grant (invariant 3).
+    /// not be taken for a fresh grant (invariant 3); and the ownership its
+    /// old log shows may have moved on since, so it acts on none before.
     replayed_to: u64,
     mode: Mode,
     /// Last seen state of the lease, to log changes once.
@@ -576,18 +577,6 @@ impl<I: Io> Node<I> {
                 _ => None,
             })
             .collect();
-        step.grants = cmd
-            .changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::SeqBlockReserved {
-                    outbound_spi,
-                    up_to,
-                    ..
-                } => Some((*outbound_spi, *up_to)),
-                _ => None,
-            })
-            .collect();
         if commit.send((cmd, step)).is_err() {
             tracing::error!("commit worker stopped; IKE replies withheld");
         }
@@ -603,8 +592,9 @@ impl<I: Io> Node<I> {
             tracing::warn!(%tunnel, "tunnel moved away while its IKE state was being committed: step withheld");
             return;
         }
-        for (outbound_spi, up_to) in step.grants {
-            self.dataplane.grant(outbound_spi, up_to);
+        for g in step.grants {
+            self.dataplane
+                .grant(g.outbound_spi, g.block.from, g.block.up_to);
         }
         for event in step.events {
             self.apply(event);
@@ -683,26 +673,13 @@ impl<I: Io> Node<I> {
         };
         for change in changes {
             match change {
-                Change::OwnerAssigned { tunnel, .. } | Change::OwnerTransferred { tunnel, .. } => {
-                    // What the state machine made of it: a stale transfer (one
-                    // a partitioned ex-leader proposed, forwarded after the
-                    // partition healed) changes nothing there, nor here.
-                    let Some(node) = self
-                        .cluster
-                        .as_ref()
-                        .and_then(|c| c.read_state(|s| s.owners.get(&tunnel).copied()))
-                    else {
-                        continue;
-                    };
-                    if node == self.id && self.dataplane.knows(&tunnel) {
-                        if self.owned.insert(tunnel.clone()) {
-                            tracing::info!(%tunnel, "this node owns the tunnel");
-                            self.take_over(&tunnel, now, live).await;
-                        }
-                    } else if self.owned.remove(&tunnel) {
-                        tracing::info!(%tunnel, owner = node, "tunnel owned by another node");
-                        self.hand_over(&tunnel).await;
-                    }
+                // Replaying its log, a node that restarted may see itself own
+                // a tunnel another node took over since; it acts on ownership
+                // only once caught up (see Node::catch_up_ownership).
+                Change::OwnerAssigned { tunnel, .. } | Change::OwnerTransferred { tunnel, .. }
+                    if self.replayed_to != u64::MAX =>
+                {
+                    self.reconcile(&tunnel, now, live).await;
                 }
                 Change::ChildSaInstalled(child) => {
                     if self.owned.contains(&child.connection)
@@ -721,6 +698,43 @@ impl<I: Io> Node<I> {
                 Change::ChildSaDeleted { inbound_spi } => self.drop_standby(inbound_spi),
                 _ => {}
             }
+        }
+        self.initiate_owned(now);
+    }
+
+    /// Takes `tunnel` over or hands it over, as the applied state says: what
+    /// the state machine made of a change, so a stale transfer (one a
+    /// partitioned ex-leader proposed, forwarded after the partition healed)
+    /// changes nothing there, nor here.
+    async fn reconcile(&mut self, tunnel: &str, now: Instant, live: bool) {
+        let Some(node) = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.read_state(|s| s.owners.get(tunnel).copied()))
+        else {
+            return;
+        };
+        if node == self.id && self.dataplane.knows(tunnel) {
+            if self.owned.insert(tunnel.to_owned()) {
+                tracing::info!(%tunnel, "this node owns the tunnel");
+                self.take_over(tunnel, now, live).await;
+            }
+        } else if self.owned.remove(tunnel) {
+            tracing::info!(%tunnel, owner = node, "tunnel owned by another node");
+            self.hand_over(tunnel).await;
+        }
+    }
+
+    /// This process's first lease renewal is applied: the state here is now
+    /// at least as new as the cluster's when it was committed, and this node
+    /// takes over what that state gives it, from the reservations in it.
+    async fn catch_up_ownership(&mut self, now: Instant) {
+        let tunnels: Vec<String> = match &self.cluster {
+            Some(c) => c.read_state(|s| s.owners.keys().cloned().collect()),
+            None => return,
+        };
+        for tunnel in tunnels {
+            self.reconcile(&tunnel, now, false).await;
         }
         self.initiate_owned(now);
     }
@@ -750,20 +764,18 @@ impl<I: Io> Node<I> {
                 // committed while this process ran (see Node::replayed_to).
                 if self.replayed_to == u64::MAX {
                     self.replayed_to = applied;
+                    self.catch_up_ownership(now).await;
                 }
                 self.lease.renewed(&self.lease_timing, sent);
                 self.check_lease(now).await;
             }
-            Background::Reserved {
-                outbound_spi,
-                up_to,
-            } => {
-                self.reserving.remove(&outbound_spi);
-                // Not if the SA was handed over meanwhile: the state machine
-                // refused the reservation then, and a later takeover must
-                // start from the replicated reservations, not from this.
-                if self.dataplane.sends_on(outbound_spi) {
-                    self.dataplane.grant(outbound_spi, up_to);
+            Background::Reserved(g) => {
+                self.reserving.remove(&g.outbound_spi);
+                // Not if the SA was handed over after the grant: a later
+                // takeover starts from the replicated reservations.
+                if self.dataplane.sends_on(g.outbound_spi) {
+                    self.dataplane
+                        .grant(g.outbound_spi, g.block.from, g.block.up_to);
                 }
             }
             Background::ReserveFailed(outbound_spi) => {
@@ -802,9 +814,9 @@ impl<I: Io> Node<I> {
         let Some(cluster) = self.cluster.clone() else {
             return;
         };
-        for (spi, up_to) in self.dataplane.refills(replication::SEQ_BLOCK) {
+        for spi in self.dataplane.refills(replication::SEQ_BLOCK) {
             if self.reserving.insert(spi) {
-                replication::reserve(cluster.clone(), spi, up_to, self.background.clone());
+                replication::reserve(cluster.clone(), spi, self.background.clone());
             }
         }
         if sync_marks && !self.owned.is_empty() {
@@ -866,14 +878,12 @@ impl<I: Io> Node<I> {
             for child in &children {
                 self.standby.remove(&child.inbound_spi);
                 let reserved = state.seq_reservations.get(&child.outbound_spi);
-                let granted = reserved
-                    .filter(|r| live && r.node == self.id && r.from <= r.up_to)
-                    .map(|r| r.up_to);
+                let granted = reserved.filter(|r| live && r.node == self.id && r.from <= r.up_to);
                 planned |= granted.is_some();
                 let first = match (reserved, granted) {
-                    (Some(r), Some(_)) => r.from,
+                    (_, Some(r)) => r.from,
                     (Some(r), None) => r.up_to + 1,
-                    (None, _) => 1,
+                    (None, None) => 1,
                 };
                 let mark = state
                     .replay_marks
@@ -883,13 +893,12 @@ impl<I: Io> Node<I> {
                 match self.dataplane.take_over(child, first, mark) {
                     Ok(()) => {
                         tracing::info!(%tunnel, inbound = format_args!("{:08x}", child.inbound_spi), first_seq = first, ?granted, replay_mark = mark, "child SA taken over");
-                        if let Some(up_to) = granted {
-                            self.dataplane.grant(child.outbound_spi, up_to);
+                        if let Some(r) = granted {
+                            self.dataplane.grant(child.outbound_spi, r.from, r.up_to);
                         } else if self.reserving.insert(child.outbound_spi) {
                             replication::reserve(
                                 cluster.clone(),
                                 child.outbound_spi,
-                                first - 1 + replication::SEQ_BLOCK,
                                 self.background.clone(),
                             );
                         }

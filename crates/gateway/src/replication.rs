@@ -13,7 +13,7 @@ use tandem_cluster::node::RaftTiming;
 use tandem_cluster::ownership::{self, Mode};
 use tandem_cluster::tls::NodeTls;
 use tandem_cluster::{
-    Change, Cluster, ClusterConfig, Command, Disk, NodeId, StorageKey, Transport,
+    Change, Cluster, ClusterConfig, Command, Disk, Grant, NodeId, StorageKey, Transport,
 };
 use tandem_ike::endpoint::{Event, Transmit};
 use tandem_ike::record::IkeSaChange;
@@ -27,9 +27,9 @@ use crate::config::ClusterSettings;
 pub struct Step {
     pub transmits: Vec<Transmit>,
     pub events: Vec<Event>,
-    /// Sequence-number reservations committed with the step's child SAs:
-    /// (outbound SPI, highest usable number). Dropped if the commit fails.
-    pub grants: Vec<(u32, u64)>,
+    /// The sequence-number blocks the state machine granted this node with
+    /// the step's child SAs, as it reported them once the step committed.
+    pub grants: Vec<Grant>,
     /// The tunnels whose IKE state the step commits: it is released only if
     /// this node still owns them once it is committed.
     pub tunnels: BTreeSet<String>,
@@ -47,9 +47,10 @@ pub enum Background {
     /// A lease renewal sent at `sent` is committed, and applied here up to
     /// log index `applied`.
     LeaseRenewed { sent: Instant, applied: u64 },
-    /// A reservation is committed.
-    Reserved { outbound_spi: u32, up_to: u64 },
-    /// A reservation failed; it may be asked for again.
+    /// A reservation is committed and granted this block.
+    Reserved(Grant),
+    /// A reservation failed or was not granted (this node no longer owns the
+    /// SA); it may be asked for again.
     ReserveFailed(u32),
 }
 
@@ -129,7 +130,7 @@ pub fn command_for(
                     out.push(Change::SeqBlockReserved {
                         outbound_spi: child.outbound_spi,
                         node,
-                        up_to: SEQ_BLOCK,
+                        count: SEQ_BLOCK,
                     });
                 }
             }
@@ -157,13 +158,13 @@ pub async fn commit_steps(
             let result = cluster.propose(cmd).await;
             crate::telemetry::committed(tandem_cluster::since(started), result.is_ok());
             match result {
-                Ok(()) => {
+                Ok(outcome) => {
                     tracing::debug!(took = ?tandem_cluster::since(started), "IKE state committed");
+                    step.grants = outcome.granted;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "IKE state not committed; its datagrams are withheld");
                     step.transmits.clear();
-                    step.grants.clear();
                 }
             }
         }
@@ -261,23 +262,35 @@ pub async fn renew_leases(
     }
 }
 
-/// Reserves outbound sequence numbers up to `up_to` for `outbound_spi`.
+/// Reserves the next block of outbound sequence numbers for `outbound_spi`
+/// and reports the block the state machine granted, which is all this node
+/// may use: it starts after every number reserved before, whatever this
+/// node believed when it asked.
 pub fn reserve(
     cluster: Arc<Cluster>,
     outbound_spi: u32,
-    up_to: u64,
     report: mpsc::UnboundedSender<Background>,
 ) {
     tokio::spawn(async move {
         let change = Change::SeqBlockReserved {
             outbound_spi,
             node: cluster.id(),
-            up_to,
+            count: SEQ_BLOCK,
         };
         let done = match cluster.propose(Command::one(change)).await {
-            Ok(()) => Background::Reserved {
-                outbound_spi,
-                up_to,
+            Ok(outcome) => match outcome
+                .granted
+                .into_iter()
+                .find(|g| g.outbound_spi == outbound_spi && g.block.node == cluster.id())
+            {
+                Some(grant) => Background::Reserved(grant),
+                None => {
+                    tracing::info!(
+                        outbound = format_args!("{outbound_spi:08x}"),
+                        "sequence reservation not granted: the SA has another owner now"
+                    );
+                    Background::ReserveFailed(outbound_spi)
+                }
             },
             Err(e) => {
                 tracing::warn!(outbound = format_args!("{outbound_spi:08x}"), error = %e, "sequence reservation failed");
@@ -361,14 +374,10 @@ pub fn handover(
                     // it sends as soon as it applies it: no second commit in
                     // the gap.
                     for child in state.child_sas.values().filter(|c| c.connection == tunnel) {
-                        let reserved = state
-                            .seq_reservations
-                            .get(&child.outbound_spi)
-                            .map_or(0, |r| r.up_to);
                         changes.push(Change::SeqBlockReserved {
                             outbound_spi: child.outbound_spi,
                             node: to,
-                            up_to: reserved + SEQ_BLOCK,
+                            count: SEQ_BLOCK,
                         });
                     }
                     moved.push(serde_json::json!({"tunnel": tunnel, "from": from, "to": to}));

@@ -40,6 +40,33 @@ pub struct ChildSa {
     pub outbound_waits: bool,
 }
 
+#[cfg(feature = "testing")]
+impl ChildSa {
+    /// An AES-GCM-256 child SA of `connection` with both keys `key` (36
+    /// bytes with the salt) and no selectors, between documentation
+    /// addresses: for the tests of the layers that replicate and run SAs.
+    pub fn for_tests(connection: &str, inbound_spi: u32, outbound_spi: u32, key: &[u8]) -> Self {
+        ChildSa {
+            connection: connection.to_owned(),
+            inbound_spi,
+            outbound_spi,
+            encr: EncrAlg::AesGcm16 { key_bits: 256 },
+            integ: None,
+            esn: false,
+            inbound_encr_key: Secret::new(key.to_vec()),
+            inbound_integ_key: None,
+            outbound_encr_key: Secret::new(key.to_vec()),
+            outbound_integ_key: None,
+            local_ts: Vec::new(),
+            remote_ts: Vec::new(),
+            local: SocketAddr::from(([192, 0, 2, 1], 4500)),
+            remote: SocketAddr::from(([198, 51, 100, 1], 4500)),
+            replaces: None,
+            outbound_waits: false,
+        }
+    }
+}
+
 /// Everything about a new child except its keys, gathered by the exchange.
 #[derive(Debug, Clone)]
 pub(crate) struct ChildParams {

@@ -135,6 +135,21 @@ fn seeds_that_found_bugs_stay_fixed() {
             "replay-after-kill",
             "the replay checker counted the residual from the takeover",
         ),
+        (
+            302_728,
+            "double-failure",
+            "a restarted node took over from its old log and reused sequence numbers",
+        ),
+        (
+            304_769,
+            "double-failure",
+            "a restarted node took over from its old log and reused sequence numbers",
+        ),
+        (
+            306_676,
+            "double-failure",
+            "a restarted node took over from its old log and reused sequence numbers",
+        ),
     ];
     for (seed, kind, bug) in seeds {
         let o = run(seed, &Options::default());
