@@ -2,6 +2,8 @@
 //! protobuf compiler. A PROTOC in the environment still wins.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Not emitted by the generator: without it an edited .proto is not rebuilt.
+    println!("cargo:rerun-if-changed=../../proto");
     let mut config = prost_build::Config::new();
     if std::env::var_os("PROTOC").is_none() {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

@@ -171,6 +171,27 @@ impl Cluster {
         self.tandemctl_at(ns, &endpoint, &me.name, args)
     }
 
+    /// `tandemctl ARGS...` against member `id` must fail with a message
+    /// that contains `says`.
+    pub fn tandemctl_refuses(
+        &self,
+        ns: &Netns,
+        id: u64,
+        args: &[&str],
+        says: &str,
+    ) -> anyhow::Result<()> {
+        let refused = self
+            .tandemctl(ns, id, args)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        anyhow::ensure!(
+            refused.contains(says),
+            "tandemctl {args:?} should fail naming {says:?}: {refused:?}"
+        );
+        Ok(())
+    }
+
     /// `tandemctl ARGS...` against any `endpoint`, whose certificate should
     /// name `server`.
     pub fn tandemctl_at(

@@ -620,6 +620,17 @@ impl Charon {
 
     /// Starts charon in `ns` with these connections loaded.
     pub fn start_many(ns: &Netns, dir: &Path, tunnels: &[Tunnel]) -> anyhow::Result<Charon> {
+        Self::start_conf(ns, dir, &Tunnel::swanctl_conf(tunnels), &[])
+    }
+
+    /// Starts charon in `ns` with this swanctl.conf loaded, and `files`
+    /// (name, content) beside it for it to include.
+    pub fn start_conf(
+        ns: &Netns,
+        dir: &Path,
+        swanctl: &str,
+        files: &[(&str, &str)],
+    ) -> anyhow::Result<Charon> {
         let dir = dir.join(unique("charon-"));
         std::fs::create_dir_all(dir.join("run"))?;
         let d = dir.display();
@@ -664,7 +675,10 @@ impl Charon {
 "
             ),
         )?;
-        std::fs::write(dir.join("swanctl.conf"), Tunnel::swanctl_conf(tunnels))?;
+        std::fs::write(dir.join("swanctl.conf"), swanctl)?;
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content)?;
+        }
         // charon insists on /run for its pid file and sockets: give each instance
         // its own through a private mount namespace (the mount dies with it).
         let script = format!(
@@ -1143,6 +1157,20 @@ impl Tandemd {
     /// `tandemd ARGS...` (the binary beside the tests), for `cert` and friends.
     pub fn tool(args: &[&str]) -> anyhow::Result<String> {
         run_output(Command::new(Self::binary()?).args(args))
+    }
+
+    /// `tandemd peer-config` for `tunnel` of this tandemd's config file.
+    pub fn peer_config(&self, tunnel: &str, format: &str) -> anyhow::Result<String> {
+        let config = self.config.to_string_lossy();
+        Self::tool(&[
+            "peer-config",
+            "--config",
+            &config,
+            "--tunnel",
+            tunnel,
+            "--format",
+            format,
+        ])
     }
 
     /// `tandemd ctl --socket SOCKET args...`; fails unless it exits 0.

@@ -382,9 +382,9 @@ fn hand_over_and_back(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::
     same_sa_and_rekeys_work(site, peer, &before)
 }
 
-/// `tandemctl tunnels` and `sas`, in both forms, and the errors an operator
-/// meets: an unknown tunnel, a target that is not a live gateway, a member
-/// that does not answer.
+/// `tandemctl tunnels`, `sas` and `peer-config`, in both forms, and the
+/// errors an operator meets: an unknown tunnel, a target that is not a live
+/// gateway, a member that does not answer.
 fn tandemctl_reads_and_refuses(site: &HaSite, c: &Cluster) -> anyhow::Result<()> {
     let ctl = |id, args: &[&str]| c.tandemctl(&site.nodes[2], id, args);
     let tunnels = ctl(3, &["tunnels"])?;
@@ -412,24 +412,47 @@ fn tandemctl_reads_and_refuses(site: &HaSite, c: &Cluster) -> anyhow::Result<()>
         !sas.contains("key") && !json.to_string().contains("key"),
         "tandemctl sas shows something called a key:\n{sas}"
     );
+    // The device's configuration, from the running cluster: what `tandemd
+    // peer-config` writes from the config file (interop_strongswan loads that
+    // into strongSwan).
+    let swanctl = ctl(2, &["peer-config", "--tunnel", CONN])?;
+    ensure!(
+        swanctl == c.node(2).peer_config(CONN, "swanctl")?,
+        "tandemctl peer-config differs from tandemd peer-config:\n{swanctl}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ctl(
+        1,
+        &[
+            "peer-config",
+            "--tunnel",
+            CONN,
+            "--format",
+            "cisco-ios",
+            "--json",
+        ],
+    )?)?;
+    ensure!(
+        json["format"] == "cisco-ios"
+            && json["config"]
+                .as_str()
+                .is_some_and(|t| t.contains("crypto ikev2 profile")),
+        "tandemctl peer-config --json: {json}"
+    );
     for (args, says) in [
         (
             &["handover", "--tunnel", "no-such-tunnel", "--to", "2"][..],
             "no-such-tunnel",
         ),
         (
+            &["peer-config", "--tunnel", "no-such-tunnel"][..],
+            "no tunnel \"no-such-tunnel\" is configured here",
+        ),
+        (
             &["handover", "--tunnel", CONN, "--to", "9"][..],
             "node 9 is not a gateway with a live lease",
         ),
     ] {
-        let refused = ctl(3, args)
-            .err()
-            .map(|e| format!("{e:#}"))
-            .unwrap_or_default();
-        ensure!(
-            refused.contains(says),
-            "tandemctl {args:?} should fail naming {says:?}: {refused:?}"
-        );
+        c.tandemctl_refuses(&site.nodes[2], 3, args, says)?;
     }
     let unreachable = c
         .tandemctl_at(&site.nodes[2], "198.51.100.13:1", "gw3", &["status"])

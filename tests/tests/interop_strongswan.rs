@@ -305,3 +305,69 @@ interop! {
     cbc256_sha512_x25519: "aes256-sha512-curve25519", "aes256-sha512", true;
     cbc128_sha1_modp2048: "aes128-sha1-modp2048", "aes128-sha1", false;
 }
+
+/// `tandemd peer-config --format swanctl` is what a customer loads on their
+/// device: a stock strongSwan runs it as written (the key in the file it
+/// names), brings the tunnel up by itself and carries traffic both ways, for
+/// every proposal family above.
+#[test]
+fn strongswan_runs_the_config_tandemd_writes_for_it() -> anyhow::Result<()> {
+    let _serial = serial();
+    for (ike, esp) in [
+        ("aes256gcm16-prfsha256-curve25519", "aes256gcm16"),
+        ("aes128gcm16-prfsha384-ecp256", "aes128gcm16-ecp256"),
+        ("aes256-sha384-ecp384", "aes256-sha384"),
+        ("aes128-sha256-modp2048", "aes128-sha256-modp2048"),
+        ("aes256-sha512-curve25519", "aes256-sha512"),
+        ("aes128-sha1-modp2048", "aes128-sha1"),
+    ] {
+        let net = SiteToSite::new()?;
+        let dir = net.dir.path();
+        let mut gw_side = net.tunnel(CONN, ike, esp).mirrored();
+        gw_side.dpd_delay = DPD_DELAY;
+        let gw = Tandemd::start(&net.gw, dir, &gw_side)?;
+        let swanctl = gw.peer_config(CONN, "swanctl")?;
+        ensure!(
+            !swanctl.contains(&gw_side.psk),
+            "the key is in the peer config:\n{swanctl}"
+        );
+        let psk = format!("secret = \"{}\"\n", gw_side.psk);
+        let peer = Charon::start_conf(
+            &net.peer,
+            dir,
+            &swanctl,
+            &[(&format!("{CONN}.psk.conf"), &psk)],
+        )
+        .with_context(|| format!("{ike} / {esp}: strongSwan refused\n{swanctl}"))?;
+        let result = (|| {
+            // start_action = start: the device initiates once loaded.
+            let sa = peer.wait_established()?;
+            ensure!(
+                sa.name == format!("tandem-{CONN}"),
+                "strongSwan's SA: {sa:?}"
+            );
+            for (ns, src, dst) in [
+                (&net.peer, SiteToSite::PEER_INNER, SiteToSite::GW_INNER),
+                (&net.gw, SiteToSite::GW_INNER, SiteToSite::PEER_INNER),
+            ] {
+                let p = ping(ns, src, dst, 50, Duration::from_millis(10))?;
+                ensure!(p.lost() == 0, "ping {src} -> {dst} lost {}", p.lost());
+            }
+            Ok(())
+        })()
+        .with_context(|| {
+            format!(
+                "{ike} / {esp} with the generated config\n{swanctl}\n--- strongSwan log tail:\n{}\n--- tandemd log tail:\n{}",
+                peer.log_tail(30),
+                gw.log_tail(30)
+            )
+        });
+        let namespaces = [net.peer.name().to_owned(), net.gw.name().to_owned()];
+        let pids = [peer.pid(), gw.pid()];
+        drop((peer, gw, net));
+        result?;
+        check_gone(&namespaces, &pids)?;
+        println!("{ike} / {esp}: the generated swanctl.conf brought the tunnel up");
+    }
+    Ok(())
+}

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tandem_rpc::admin::admin_client::AdminClient;
-use tandem_rpc::admin::{DrainRequest, HandoverRequest, StatusReply, StatusRequest};
+use tandem_rpc::admin::{
+    DrainRequest, HandoverRequest, MemberAddRequest, MemberRemoveRequest, PeerConfigRequest,
+    StatusReply, StatusRequest,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 #[derive(Parser)]
@@ -38,7 +41,6 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Moves one tunnel to another gateway (planned maintenance).
     /// Each tunnel, its owner, and the owner's lease age.
     Tunnels {
         #[arg(long)]
@@ -50,17 +52,64 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Moves one tunnel to another gateway (planned maintenance).
     Handover {
         #[arg(long)]
         tunnel: String,
         /// The gateway's member id.
         #[arg(long)]
         to: u64,
+        #[arg(long)]
+        json: bool,
     },
     /// Moves every tunnel off a gateway.
     Drain {
         /// The gateway's member id.
         node: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Adds or removes a cluster member.
+    Members {
+        #[command(subcommand)]
+        action: MembersCmd,
+    },
+    /// The configuration for the customer's device of one tunnel, as cloud
+    /// VPN consoles offer it (never the pre-shared key: it says where it goes).
+    PeerConfig {
+        #[arg(long)]
+        tunnel: String,
+        #[arg(long, value_parser = ["swanctl", "cisco-ios", "generic"], default_value = "swanctl")]
+        format: String,
+        /// {"tunnel", "format", "config"}
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum MembersCmd {
+    /// Adds a voting member (a gateway or a witness) that catches up from the
+    /// leader; it is removed again if it cannot within 15 s.
+    Add {
+        #[arg(long)]
+        id: u64,
+        /// Its node.name, which its certificate carries.
+        #[arg(long)]
+        name: String,
+        /// Its cluster listen address, HOST:PORT.
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        witness: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes a member: it stops receiving the log and voting.
+    Remove {
+        id: u64,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -84,7 +133,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = AdminClient::new(connect(&cli).await?);
     match cli.command {
         Cmd::Status { json } => {
-            let status = client.status(StatusRequest {}).await?.into_inner();
+            let status = client
+                .status(StatusRequest {})
+                .await
+                .map_err(refused)?
+                .into_inner();
             if json {
                 println!("{}", status_json(&status)?);
             } else {
@@ -92,7 +145,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Tunnels { json } => {
-            let status = client.status(StatusRequest {}).await?.into_inner();
+            let status = client
+                .status(StatusRequest {})
+                .await
+                .map_err(refused)?
+                .into_inner();
             let rows = tunnel_rows(&status);
             if json {
                 println!("{}", serde_json::Value::Array(rows));
@@ -101,7 +158,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Sas { json } => {
-            let status = client.status(StatusRequest {}).await?.into_inner();
+            let status = client
+                .status(StatusRequest {})
+                .await
+                .map_err(refused)?
+                .into_inner();
             let detail: serde_json::Value = serde_json::from_str(&status.detail_json)
                 .context("the member sent unreadable SA details")?;
             let sas = detail["ike_sas"].clone();
@@ -111,16 +172,129 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", sas_table(status.node, &sas));
             }
         }
-        Cmd::Handover { tunnel, to } => {
-            let reply = client.handover(HandoverRequest { tunnel, to }).await?;
-            println!("{}", reply.into_inner().result_json);
+        Cmd::Handover { tunnel, to, json } => {
+            let reply = client
+                .handover(HandoverRequest { tunnel, to })
+                .await
+                .map_err(refused)?;
+            print_action(&reply.into_inner().result_json, json)?;
         }
-        Cmd::Drain { node } => {
-            let reply = client.drain(DrainRequest { node }).await?;
-            println!("{}", reply.into_inner().result_json);
+        Cmd::Drain { node, json } => {
+            let reply = client.drain(DrainRequest { node }).await.map_err(refused)?;
+            print_action(&reply.into_inner().result_json, json)?;
+        }
+        Cmd::Members {
+            action:
+                MembersCmd::Add {
+                    id,
+                    name,
+                    addr,
+                    witness,
+                    json,
+                },
+        } => {
+            let request = MemberAddRequest {
+                id,
+                name,
+                addr,
+                witness,
+            };
+            let reply = client.member_add(request).await.map_err(refused)?;
+            print_action(&reply.into_inner().result_json, json)?;
+        }
+        Cmd::Members {
+            action: MembersCmd::Remove { id, json },
+        } => {
+            let reply = client
+                .member_remove(MemberRemoveRequest { id })
+                .await
+                .map_err(refused)?;
+            print_action(&reply.into_inner().result_json, json)?;
+        }
+        Cmd::PeerConfig {
+            tunnel,
+            format,
+            json,
+        } => {
+            let request = PeerConfigRequest {
+                tunnel: tunnel.clone(),
+                format: format.clone(),
+            };
+            let config = client
+                .peer_config(request)
+                .await
+                .map_err(refused)?
+                .into_inner()
+                .config;
+            if json {
+                let out = serde_json::json!({"tunnel": tunnel, "format": format, "config": config});
+                println!("{out}");
+            } else {
+                print!("{config}");
+            }
         }
     }
     Ok(())
+}
+
+/// The member's own words: tonic's rendering of a status quotes and escapes
+/// them, which reads badly on a terminal.
+fn refused(status: tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => {
+            anyhow::anyhow!("{}", status.message())
+        }
+        code => anyhow::anyhow!("{code}: {}", status.message()),
+    }
+}
+
+/// An action's result: the member's JSON as it is, or a sentence per change.
+fn print_action(result_json: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{result_json}");
+    } else {
+        let v: serde_json::Value =
+            serde_json::from_str(result_json).context("the member sent an unreadable result")?;
+        print!("{}", describe_action(&v));
+    }
+    Ok(())
+}
+
+fn describe_action(v: &serde_json::Value) -> String {
+    if let Some(moved) = v["moved"].as_array() {
+        if moved.is_empty() {
+            return "nothing to move\n".to_owned();
+        }
+        let mut out = String::new();
+        for m in moved {
+            out += &format!(
+                "{}: gateway {} -> gateway {}\n",
+                m["tunnel"].as_str().unwrap_or("?"),
+                m["from"],
+                m["to"]
+            );
+        }
+        if let Some(us) = v["commit_us"].as_u64() {
+            out += &format!("committed in {:.1} ms\n", us as f64 / 1000.0);
+        }
+        return out;
+    }
+    if let Some(id) = v["added"].as_u64() {
+        return format!(
+            "member {id} ({}, {}{}) added and caught up\n",
+            v["name"].as_str().unwrap_or("?"),
+            v["addr"].as_str().unwrap_or("?"),
+            if v["witness"] == true {
+                ", witness"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(id) = v["removed"].as_u64() {
+        return format!("member {id} removed\n");
+    }
+    format!("{v}\n")
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Channel> {
@@ -317,6 +491,30 @@ mod tests {
         assert!(
             table.contains("site-a                1      gw1              40 ms"),
             "{table}"
+        );
+    }
+
+    #[test]
+    fn actions_read_as_sentences() {
+        let moved = serde_json::json!({
+            "moved": [{"tunnel": "site-a", "from": 1, "to": 2}], "commit_us": 2500,
+        });
+        assert_eq!(
+            describe_action(&moved),
+            "site-a: gateway 1 -> gateway 2\ncommitted in 2.5 ms\n"
+        );
+        assert_eq!(
+            describe_action(&serde_json::json!({"moved": []})),
+            "nothing to move\n"
+        );
+        let added = serde_json::json!({"added": 4, "name": "gw4", "addr": "192.0.2.14:7400", "witness": false});
+        assert_eq!(
+            describe_action(&added),
+            "member 4 (gw4, 192.0.2.14:7400) added and caught up\n"
+        );
+        assert_eq!(
+            describe_action(&serde_json::json!({"removed": 4})),
+            "member 4 removed\n"
         );
     }
 

@@ -11,7 +11,8 @@ use tandem_cluster::Cluster;
 use tandem_cluster::tls::NodeTls;
 use tandem_rpc::admin::admin_server::{Admin, AdminServer};
 use tandem_rpc::admin::{
-    ActionReply, DrainRequest, HandoverRequest, Member, StatusReply, StatusRequest, Tunnel,
+    ActionReply, DrainRequest, HandoverRequest, Member, MemberAddRequest, MemberRemoveRequest,
+    PeerConfigReply, PeerConfigRequest, StatusReply, StatusRequest, Tunnel,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
@@ -98,6 +99,51 @@ impl Admin for Service {
     async fn drain(&self, request: Request<DrainRequest>) -> Result<Response<ActionReply>, Status> {
         let result_json = self.run(Command::Drain(request.into_inner().node)).await?;
         Ok(Response::new(ActionReply { result_json }))
+    }
+
+    async fn member_add(
+        &self,
+        request: Request<MemberAddRequest>,
+    ) -> Result<Response<ActionReply>, Status> {
+        let r = request.into_inner();
+        if r.addr.parse::<SocketAddr>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "{:?} is not HOST:PORT (the member's cluster listen address)",
+                r.addr
+            )));
+        }
+        let member = tandem_cluster::Member {
+            name: r.name,
+            addr: r.addr,
+            witness: r.witness,
+        };
+        let result_json = self.run(Command::MemberAdd(r.id, member)).await?;
+        Ok(Response::new(ActionReply { result_json }))
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<MemberRemoveRequest>,
+    ) -> Result<Response<ActionReply>, Status> {
+        let result_json = self
+            .run(Command::MemberRemove(request.into_inner().id))
+            .await?;
+        Ok(Response::new(ActionReply { result_json }))
+    }
+
+    async fn peer_config(
+        &self,
+        request: Request<PeerConfigRequest>,
+    ) -> Result<Response<PeerConfigReply>, Status> {
+        let r = request.into_inner();
+        let format = r.format.parse().map_err(Status::invalid_argument)?;
+        let config = self
+            .run(Command::PeerConfig {
+                tunnel: r.tunnel,
+                format,
+            })
+            .await?;
+        Ok(Response::new(PeerConfigReply { config }))
     }
 }
 

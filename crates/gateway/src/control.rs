@@ -35,6 +35,11 @@ pub enum Command {
     },
     /// Hands every tunnel a gateway owns to the other gateways.
     Drain(tandem_cluster::NodeId),
+    /// The customer device's configuration for a tunnel.
+    PeerConfig {
+        tunnel: String,
+        format: crate::peer_config::Format,
+    },
 }
 
 impl Command {
@@ -108,6 +113,16 @@ impl Command {
                     .ok_or("usage: drain NODE_ID")?;
                 Ok(Command::Drain(id))
             }
+            "peer-config" => {
+                let usage = "usage: peer-config TUNNEL swanctl|cisco-ios|generic";
+                match (words.next(), words.next()) {
+                    (Some(tunnel), Some(format)) => Ok(Command::PeerConfig {
+                        tunnel: tunnel.to_owned(),
+                        format: format.parse()?,
+                    }),
+                    _ => Err(usage.into()),
+                }
+            }
             "member-remove" => {
                 let id = words
                     .next()
@@ -116,7 +131,7 @@ impl Command {
                 Ok(Command::MemberRemove(id))
             }
             other => Err(format!(
-                "unknown command {other:?}; expected status, initiate, terminate, rekey-child, rekey-ike, member-add, member-remove, probe, handover or drain"
+                "unknown command {other:?}; expected status, initiate, terminate, rekey-child, rekey-ike, member-add, member-remove, probe, handover, drain or peer-config"
             )),
         }
     }

@@ -53,6 +53,17 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the configuration for the customer's device of one tunnel (as
+    /// `tandemctl peer-config` does from a running cluster). Never the key.
+    PeerConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tunnel: String,
+        /// swanctl | cisco-ios | generic
+        #[arg(long, default_value = "swanctl")]
+        format: String,
+    },
     /// Create the cluster's PKI: a CA, node certificates, the storage key.
     Cert {
         #[command(subcommand)]
@@ -64,7 +75,8 @@ enum Cmd {
         socket: PathBuf,
         /// status | initiate NAME | terminate NAME | rekey-child NAME | rekey-ike NAME |
         /// member-add ID NAME HOST:PORT [witness] | member-remove ID |
-        /// probe COUNT [WRITERS [BYTES]] | handover TUNNEL NODE_ID | drain NODE_ID
+        /// probe COUNT [WRITERS [BYTES]] | handover TUNNEL NODE_ID | drain NODE_ID |
+        /// peer-config TUNNEL swanctl|cisco-ios|generic
         #[arg(required = true, num_args = 1..)]
         command: Vec<String>,
     },
@@ -109,6 +121,11 @@ fn main() -> std::process::ExitCode {
             })
             .map_err(Into::into),
         Cmd::Cert { action } => cert(action),
+        Cmd::PeerConfig {
+            config,
+            tunnel,
+            format,
+        } => peer_config(&config, &tunnel, &format),
         Cmd::Release { config } => config::Config::load(&config)
             .map_err(Into::into)
             .and_then(|c| runtime().and_then(|rt| rt.block_on(node::release_vips(&c)))),
@@ -139,6 +156,18 @@ fn cert(action: CertCmd) -> anyhow::Result<()> {
             println!("{0}/{name}.pem and {0}/{name}.key written", dir.display());
         }
     }
+    Ok(())
+}
+
+fn peer_config(path: &std::path::Path, tunnel: &str, format: &str) -> anyhow::Result<()> {
+    let format = format.parse().map_err(anyhow::Error::msg)?;
+    let config = config::Config::load(path)?;
+    let conn = config
+        .connections
+        .iter()
+        .find(|c| c.ike.name == tunnel)
+        .with_context(|| format!("{}: no tunnel {tunnel:?}", path.display()))?;
+    print!("{}", tandem_gateway::peer_config::render(&conn.ike, format));
     Ok(())
 }
 

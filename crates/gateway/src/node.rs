@@ -366,7 +366,7 @@ pub async fn serve_witness(
                     replication::handover(cluster.clone(), cmd, Vec::new(), timing, reply);
                 }
                 _ => {
-                    let _ = reply.send(Err("a witness carries no tunnels".into()));
+                    let _ = reply.send(Err("a witness carries no tunnels: ask a gateway".into()));
                 }
             },
             () = &mut stop => break,
@@ -1012,6 +1012,13 @@ impl<I: Io> Node<I> {
             Command::Terminate(name) => self.endpoint.terminate(now, name),
             Command::RekeyChild(name) => self.endpoint.rekey_child(now, name),
             Command::RekeyIke(name) => self.endpoint.rekey_ike(now, name),
+            Command::PeerConfig { tunnel, format } => {
+                return self
+                    .endpoint
+                    .config(tunnel)
+                    .map(|c| crate::peer_config::render(c, *format))
+                    .ok_or_else(|| format!("no tunnel {tunnel:?} is configured here"));
+            }
             Command::MemberAdd(..)
             | Command::MemberRemove(_)
             | Command::Probe { .. }

@@ -506,15 +506,36 @@ pub fn change_members(
     cmd: crate::control::Command,
     reply: tokio::sync::oneshot::Sender<Result<String, String>>,
 ) {
+    use crate::control::Command;
     tokio::spawn(async move {
+        let members = cluster.members();
         let result = match cmd {
-            crate::control::Command::MemberAdd(id, member) => {
-                cluster.add_member(id, member, true).await
+            Command::MemberAdd(id, _) if members.contains_key(&id) => Err(format!(
+                "member {id} exists ({}): remove it first to replace it",
+                members[&id]
+            )),
+            Command::MemberAdd(id, member) => {
+                let added = serde_json::json!({
+                    "added": id, "name": member.name, "addr": member.addr, "witness": member.witness,
+                });
+                cluster
+                    .add_member(id, member, true)
+                    .await
+                    .map(|()| added.to_string())
+                    .map_err(|e| e.to_string())
             }
-            crate::control::Command::MemberRemove(id) => cluster.remove_member(id).await,
+            Command::MemberRemove(id) if !members.contains_key(&id) => Err(format!(
+                "no member {id}: the members are {:?}",
+                members.keys().collect::<Vec<_>>()
+            )),
+            Command::MemberRemove(id) => cluster
+                .remove_member(id)
+                .await
+                .map(|()| serde_json::json!({ "removed": id }).to_string())
+                .map_err(|e| e.to_string()),
             _ => return,
         };
-        let _ = reply.send(result.map(|()| "done".into()).map_err(|e| e.to_string()));
+        let _ = reply.send(result);
     });
 }
 

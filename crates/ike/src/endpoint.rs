@@ -241,7 +241,8 @@ impl Endpoint {
         }
     }
 
-    fn config(&self, name: &str) -> Option<&ConnectionConfig> {
+    /// The configuration of connection `name`.
+    pub fn config(&self, name: &str) -> Option<&ConnectionConfig> {
         self.connections.iter().find(|c| c.name == name)
     }
 
