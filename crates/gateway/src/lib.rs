@@ -11,6 +11,7 @@ pub mod demo;
 pub mod io;
 pub mod lab;
 pub mod node;
+mod notify;
 pub mod peer_config;
 pub mod replication;
 pub mod telemetry;

@@ -232,6 +232,11 @@ pub async fn serve<I: Io>(
     node.flush().await;
 
     tracing::info!(node = %config.node_name, connections = config.connections.len(), "tandemd ready");
+    if node.cluster.is_some() {
+        crate::notify::notify("STATUS=catching up with the cluster");
+    } else {
+        crate::notify::notify("READY=1\nSTATUS=serving");
+    }
     let mut batch = Vec::with_capacity(BATCH);
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(TICK);
@@ -289,6 +294,7 @@ pub async fn serve<I: Io>(
         node.flush().await;
     }
     tracing::info!("tandemd stopping");
+    crate::notify::notify("STOPPING=1");
     Ok(())
 }
 
@@ -348,6 +354,7 @@ pub async fn serve_witness(
         ));
     }
     tracing::info!(node = %config.node_name, "tandemd ready (witness)");
+    crate::notify::notify("READY=1\nSTATUS=witness");
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -373,6 +380,7 @@ pub async fn serve_witness(
         }
     }
     tracing::info!("tandemd stopping");
+    crate::notify::notify("STOPPING=1");
 }
 
 /// Follows every state change already applied, before acting on a commit:
@@ -765,6 +773,7 @@ impl<I: Io> Node<I> {
                 if self.replayed_to == u64::MAX {
                     self.replayed_to = applied;
                     self.catch_up_ownership(now).await;
+                    crate::notify::notify("READY=1\nSTATUS=caught up with the cluster");
                 }
                 self.lease.renewed(&self.lease_timing, sent);
                 self.check_lease(now).await;
