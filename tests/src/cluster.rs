@@ -153,8 +153,27 @@ impl Cluster {
 
     /// Starts member `id` in `ns` with these tunnels.
     pub fn start_tunnels(&mut self, ns: &Netns, id: u64, tunnels: &[Tunnel]) -> anyhow::Result<()> {
-        let tandemd = Tandemd::start_with(ns, &self.dir, |socket| self.conf(id, socket, tunnels))
-            .with_context(|| format!("starting member {id}"))?;
+        self.start_listening(ns, id, tunnels, &[])
+    }
+
+    /// Starts gateway `id` in `ns` with these tunnels, listening on
+    /// `extra_listen` too: the addresses of tunnels to be applied live.
+    pub fn start_listening(
+        &mut self,
+        ns: &Netns,
+        id: u64,
+        tunnels: &[Tunnel],
+        extra_listen: &[&str],
+    ) -> anyhow::Result<()> {
+        let extra: String = extra_listen.iter().map(|a| format!("\"{a}\", ")).collect();
+        let tandemd = Tandemd::start_with(ns, &self.dir, |socket| {
+            self.conf(id, socket, tunnels).replacen(
+                "[ike]\nlisten = [",
+                &format!("[ike]\nlisten = [{extra}"),
+                1,
+            )
+        })
+        .with_context(|| format!("starting member {id}"))?;
         self.running.insert(id, tandemd);
         Ok(())
     }

@@ -561,7 +561,8 @@ mtu = 1400
         out
     }
 
-    fn tandemd_connection(&self) -> String {
+    /// This tunnel as one `[[connection]]` table of tandemd's config.
+    pub fn tandemd_connection(&self) -> String {
         let secs = |d: Duration| format!("\"{}s\"", d.as_secs());
         let dpd = if self.dpd_delay.is_zero() {
             "\"off\"".to_owned()

@@ -7,14 +7,16 @@
 //! of applying something it does not understand.
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use tandem_ike::config::ConnectionConfig;
 use tandem_ike::endpoint::ChildSa;
 use tandem_ike::record::IkeSaRecord;
 
 use crate::NodeId;
+use crate::state::TunnelSpec;
 
-/// Encoding version written by this build.
-pub const WIRE_VERSION: u16 = 1;
+/// Encoding version written by this build. 2: sequence reservations ask for
+/// a count (they named an absolute number), tunnels carry a [`TunnelSpec`],
+/// forwarded writes answer with an [`crate::Outcome`].
+pub const WIRE_VERSION: u16 = 2;
 
 /// One Raft entry's worth of changes, applied atomically: everything one step of
 /// a gateway's IKE endpoint changed, so the reply it releases after the commit
@@ -35,8 +37,11 @@ impl Command {
 /// A typed change to the replicated state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
-    /// A tunnel's configuration, created or replaced (keyed by name).
-    TunnelUpsert(Box<ConnectionConfig>),
+    /// A tunnel's configuration, created or replaced (keyed by name): it
+    /// overrides the gateways' configuration files from then on.
+    TunnelUpsert(Box<TunnelSpec>),
+    /// A tunnel removed, with its SAs; files that still name it are
+    /// overridden.
     TunnelRemove {
         name: String,
     },

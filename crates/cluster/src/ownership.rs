@@ -40,6 +40,24 @@ pub fn place(
 }
 
 /// Every tunnel's name: the ones with owners and the ones configured here.
+/// The tunnels a gateway runs: those of its configuration file, as the
+/// cluster overrides them (added, or removed).
+pub fn configured_tunnels(state: &ClusterState, files: &[String]) -> Vec<String> {
+    let mut tunnels: BTreeSet<String> = files
+        .iter()
+        .filter(|t| !state.tunnels.contains_key(*t))
+        .cloned()
+        .collect();
+    tunnels.extend(
+        state
+            .tunnels
+            .iter()
+            .filter(|(_, spec)| spec.is_some())
+            .map(|(name, _)| name.clone()),
+    );
+    tunnels.into_iter().collect()
+}
+
 fn all_tunnels(state: &ClusterState, configured: &[String]) -> BTreeSet<String> {
     state
         .owners
@@ -151,5 +169,23 @@ mod tests {
             &mut s,
         );
         assert!(reassign(Mode::ActiveStandby, &s, &set(&[1]), &set(&[])).is_empty());
+    }
+
+    #[test]
+    fn the_cluster_adds_to_and_removes_from_the_files_tunnels() {
+        let mut state = ClusterState::default();
+        let files = ["site-a".to_owned(), "site-b".to_owned()];
+        assert_eq!(configured_tunnels(&state, &files), files);
+        state.tunnels.insert("site-b".into(), None);
+        state.tunnels.insert(
+            "site-c".into(),
+            Some(crate::state::TunnelSpec {
+                ike: tandem_ike::config::ConnectionConfig::for_tests("site-c"),
+                replay_window: 1024,
+                initiate: false,
+                lan_addr: None,
+            }),
+        );
+        assert_eq!(configured_tunnels(&state, &files), ["site-a", "site-c"]);
     }
 }

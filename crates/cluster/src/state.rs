@@ -17,7 +17,9 @@ use crate::command::Change;
 /// only sealed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
-    pub tunnels: BTreeMap<String, ConnectionConfig>,
+    /// Tunnels configured through the cluster, by name; `None` for one
+    /// removed. Each overrides the same name in the gateways' files.
+    pub tunnels: BTreeMap<String, Option<TunnelSpec>>,
     /// By the gateway's own SPI.
     pub ike_sas: BTreeMap<u64, CommittedIkeSa>,
     /// By the gateway's inbound SPI.
@@ -31,6 +33,16 @@ pub struct ClusterState {
     pub replay_marks: BTreeMap<u32, u64>,
     /// Highest probe sequence number committed, per proposing node.
     pub probes: BTreeMap<NodeId, u64>,
+}
+
+/// One tunnel's configuration, as every gateway runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelSpec {
+    pub ike: ConnectionConfig,
+    pub replay_window: u32,
+    pub initiate: bool,
+    /// The LAN-side gateway address that moves with the tunnel.
+    pub lan_addr: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,12 +128,23 @@ impl ClusterState {
     /// it was a reservation the state machine accepted.
     pub fn apply(&mut self, change: &Change) -> Option<Grant> {
         match change {
-            Change::TunnelUpsert(cfg) => {
-                self.tunnels.insert(cfg.name.clone(), (**cfg).clone());
+            Change::TunnelUpsert(spec) => {
+                self.tunnels
+                    .insert(spec.ike.name.clone(), Some((**spec).clone()));
             }
             Change::TunnelRemove { name } => {
-                self.tunnels.remove(name);
+                self.tunnels.insert(name.clone(), None);
                 self.owners.remove(name);
+                self.ike_sas.retain(|_, sa| sa.record.connection != *name);
+                let gone: Vec<u32> = self
+                    .child_sas
+                    .values()
+                    .filter(|c| c.connection == *name)
+                    .map(|c| c.inbound_spi)
+                    .collect();
+                for inbound_spi in gone {
+                    self.apply(&Change::ChildSaDeleted { inbound_spi });
+                }
             }
             Change::IkeSaCommitted { by, record } => {
                 self.ike_sas.insert(
@@ -335,5 +358,33 @@ mod tests {
             to: 2,
         });
         assert_eq!(s.owners["t"], 2);
+    }
+
+    #[test]
+    fn tunnels_removed_take_their_sas_and_stay_removed() {
+        let mut s = ClusterState::default();
+        let spec = TunnelSpec {
+            ike: ConnectionConfig::for_tests("site-a"),
+            replay_window: 1024,
+            initiate: false,
+            lan_addr: None,
+        };
+        s.apply(&Change::TunnelUpsert(Box::new(spec.clone())));
+        assert_eq!(s.tunnels["site-a"], Some(spec));
+        s.apply(&Change::OwnerAssigned {
+            tunnel: "site-a".into(),
+            node: 1,
+        });
+        s.apply(&Change::ChildSaInstalled(Box::new(child(1, 2))));
+        s.apply(&Change::SeqBlockReserved {
+            outbound_spi: 2,
+            node: 1,
+            count: 10,
+        });
+        s.apply(&Change::TunnelRemove {
+            name: "site-a".into(),
+        });
+        assert_eq!(s.tunnels["site-a"], None, "a tombstone overrides files");
+        assert!(s.owners.is_empty() && s.child_sas.is_empty() && s.seq_reservations.is_empty());
     }
 }

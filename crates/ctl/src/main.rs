@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tandem_rpc::admin::admin_client::AdminClient;
 use tandem_rpc::admin::{
     DrainRequest, HandoverRequest, MemberAddRequest, MemberRemoveRequest, PeerConfigRequest,
-    StatusReply, StatusRequest,
+    StatusReply, StatusRequest, TunnelApplyRequest, TunnelRemoveRequest,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -66,6 +66,21 @@ enum Cmd {
     Drain {
         /// The gateway's member id.
         node: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configures tunnels through the cluster from a file of `[[connection]]`
+    /// tables (tandemd's config syntax): new ones are added, others replaced
+    /// by name, on every gateway without a restart. All or nothing.
+    Apply {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes a tunnel from every gateway (its SAs end; the peer's DPD notices).
+    RemoveTunnel {
+        name: String,
         #[arg(long)]
         json: bool,
     },
@@ -202,6 +217,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let reply = client.member_add(request).await.map_err(refused)?;
             print_action(&reply.into_inner().result_json, json)?;
         }
+        Cmd::Apply { file, json } => {
+            let request = tunnel_apply_request(&file)?;
+            let reply = client.tunnel_apply(request).await.map_err(refused)?;
+            print_action(&reply.into_inner().result_json, json)?;
+        }
+        Cmd::RemoveTunnel { name, json } => {
+            let reply = client
+                .tunnel_remove(TunnelRemoveRequest { name })
+                .await
+                .map_err(refused)?;
+            print_action(&reply.into_inner().result_json, json)?;
+        }
         Cmd::Members {
             action: MembersCmd::Remove { id, json },
         } => {
@@ -235,6 +262,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The file to apply and the keys its `psk_file` entries name, read here
+/// (relative to the file) under the rule tandemd applies to its own: not
+/// readable by group or others. The member checks everything else.
+fn tunnel_apply_request(file: &std::path::Path) -> anyhow::Result<TunnelApplyRequest> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let parsed: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not TOML", file.display()))?;
+    let dir = file.parent().unwrap_or(std::path::Path::new("."));
+    let mut psk_files = std::collections::HashMap::new();
+    let connections = parsed.get("connection").and_then(|c| c.as_array());
+    for (i, conn) in connections.into_iter().flatten().enumerate() {
+        let Some(name) = conn.get("psk_file").and_then(|p| p.as_str()) else {
+            continue;
+        };
+        let path = dir.join(name);
+        let key = format!("connection[{i}].psk_file");
+        let meta = std::fs::metadata(&path)
+            .with_context(|| format!("{key}: cannot read {}", path.display()))?;
+        anyhow::ensure!(
+            meta.permissions().mode() & 0o077 == 0,
+            "{key}: {} must not be readable by group or others (chmod 600)",
+            path.display()
+        );
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("{key}: cannot read {}", path.display()))?;
+        psk_files.insert(name.to_owned(), bytes);
+    }
+    Ok(TunnelApplyRequest {
+        toml: text,
+        psk_files,
+    })
 }
 
 /// The member's own words: tonic's rendering of a status quotes and escapes
@@ -293,6 +355,18 @@ fn describe_action(v: &serde_json::Value) -> String {
     }
     if let Some(id) = v["removed"].as_u64() {
         return format!("member {id} removed\n");
+    }
+    if let (Some(applied), Some(removed)) = (v["applied"].as_array(), v["removed"].as_array()) {
+        let mut out = String::new();
+        for (verb, names) in [("applied", applied), ("removed", removed)] {
+            for name in names {
+                out += &format!(
+                    "tunnel {} {verb}: committed, every gateway follows\n",
+                    name.as_str().unwrap_or("?")
+                );
+            }
+        }
+        return out;
     }
     format!("{v}\n")
 }

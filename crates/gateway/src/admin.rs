@@ -12,7 +12,8 @@ use tandem_cluster::tls::NodeTls;
 use tandem_rpc::admin::admin_server::{Admin, AdminServer};
 use tandem_rpc::admin::{
     ActionReply, DrainRequest, HandoverRequest, Member, MemberAddRequest, MemberRemoveRequest,
-    PeerConfigReply, PeerConfigRequest, StatusReply, StatusRequest, Tunnel,
+    PeerConfigReply, PeerConfigRequest, StatusReply, StatusRequest, Tunnel, TunnelApplyRequest,
+    TunnelRemoveRequest,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
@@ -127,6 +128,35 @@ impl Admin for Service {
     ) -> Result<Response<ActionReply>, Status> {
         let result_json = self
             .run(Command::MemberRemove(request.into_inner().id))
+            .await?;
+        Ok(Response::new(ActionReply { result_json }))
+    }
+
+    async fn tunnel_apply(
+        &self,
+        request: Request<TunnelApplyRequest>,
+    ) -> Result<Response<ActionReply>, Status> {
+        let r = request.into_inner();
+        let result_json = self
+            .run(Command::TunnelApply {
+                text: tandem_crypto::Secret::new(r.toml.into_bytes()),
+                psk: control::PskSource::Sent(
+                    r.psk_files
+                        .into_iter()
+                        .map(|(file, key)| (file, tandem_crypto::Secret::new(key)))
+                        .collect(),
+                ),
+            })
+            .await?;
+        Ok(Response::new(ActionReply { result_json }))
+    }
+
+    async fn tunnel_remove(
+        &self,
+        request: Request<TunnelRemoveRequest>,
+    ) -> Result<Response<ActionReply>, Status> {
+        let result_json = self
+            .run(Command::TunnelRemove(request.into_inner().name))
             .await?;
         Ok(Response::new(ActionReply { result_json }))
     }

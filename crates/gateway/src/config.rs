@@ -3,12 +3,13 @@
 //! one line that names the key and says what was expected, because the person
 //! reading it is an operator with a broken gateway, not a Rust developer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tandem_cluster::state::TunnelSpec;
 use tandem_crypto::Secret;
 use tandem_ike::config::{
     ConnectionConfig, Limits, parse_esp_proposal, parse_identity, parse_ike_proposal,
@@ -91,7 +92,7 @@ pub enum Vip {
 }
 
 /// One configured tunnel: what the IKE endpoint needs plus the dataplane settings.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Connection {
     pub ike: ConnectionConfig,
     /// Inner prefixes behind the peer: routed into the TUN device.
@@ -101,6 +102,98 @@ pub struct Connection {
     /// The inner (LAN-side) gateway address the tunnel's local hosts route
     /// through; it moves with the tunnel like the VIP (cluster mode).
     pub lan_addr: Option<IpAddr>,
+}
+
+impl Connection {
+    /// What the cluster replicates of this tunnel.
+    pub fn spec(&self) -> TunnelSpec {
+        TunnelSpec {
+            ike: self.ike.clone(),
+            replay_window: self.replay_window,
+            initiate: self.initiate,
+            lan_addr: self.lan_addr,
+        }
+    }
+
+    /// A tunnel the cluster replicated (validated where it was applied).
+    pub fn from_spec(spec: TunnelSpec) -> Connection {
+        Connection {
+            remote_prefixes: spec
+                .ike
+                .remote_ts
+                .iter()
+                .filter_map(selector_prefix)
+                .collect(),
+            ike: spec.ike,
+            replay_window: spec.replay_window,
+            initiate: spec.initiate,
+            lan_addr: spec.lan_addr,
+        }
+    }
+}
+
+/// Where `psk_file` keys are read from.
+#[derive(Debug)]
+pub enum PskFiles<'a> {
+    /// This node's disk, relative to this directory (a config file's).
+    Disk(&'a Path),
+    /// Sent by tandemctl, which read them on the operator's machine: by the
+    /// `psk_file` value that names each.
+    Sent(&'a BTreeMap<String, Secret>),
+}
+
+impl PskFiles<'_> {
+    fn read(&self, key: &str, file: &Path) -> Result<Secret, ConfigError> {
+        match self {
+            PskFiles::Disk(base) => read_psk_file(key, &base.join(file)),
+            PskFiles::Sent(files) => files
+                .get(file.to_string_lossy().as_ref())
+                .map(|key| Secret::from_slice(key.expose().trim_ascii_end()))
+                .ok_or_else(|| err(key, format!("{} was not sent along", file.display()))),
+        }
+    }
+}
+
+/// Tunnels to apply to a running cluster (`tandemctl apply`): `[[connection]]`
+/// tables as in a config file, checked as strictly, against this node's
+/// `listen` addresses and the tunnels it runs (`current`), which they
+/// replace by name. Nothing is applied unless all of them are valid.
+pub fn parse_tunnels(
+    text: &str,
+    psk: &PskFiles,
+    listen: &[IpAddr],
+    current: &[&Connection],
+) -> Result<Vec<Connection>, ConfigError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RawTunnels {
+        #[serde(default, rename = "connection")]
+        connections: Vec<RawConnection>,
+    }
+    let raw: RawTunnels = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+    if raw.connections.is_empty() {
+        return Err(err("connection", "nothing to apply: no [[connection]]"));
+    }
+    let mut names = BTreeSet::new();
+    let mut tunnels = Vec::with_capacity(raw.connections.len());
+    for (i, raw) in raw.connections.into_iter().enumerate() {
+        let key = format!("connection[{i}]");
+        if !names.insert(raw.name.clone()) {
+            return Err(err(
+                format!("{key}.name"),
+                format!("duplicate name {:?}", raw.name),
+            ));
+        }
+        tunnels.push(raw.validate(&key, psk, listen)?);
+    }
+    let all: Vec<&Connection> = current
+        .iter()
+        .copied()
+        .filter(|c| !names.contains(&c.ike.name))
+        .chain(&tunnels)
+        .collect();
+    check_overlaps(&all)?;
+    Ok(tunnels)
 }
 
 impl Config {
@@ -493,10 +586,10 @@ impl RawConfig {
                     format!("duplicate name {:?}", raw.name),
                 ));
             }
-            let conn = raw.validate(&key, base, &listen)?;
+            let conn = raw.validate(&key, &PskFiles::Disk(base), &listen)?;
             connections.push(conn);
         }
-        check_overlaps(&connections)?;
+        check_overlaps(&connections.iter().collect::<Vec<_>>())?;
 
         Ok(Config {
             node_name: self.node.name,
@@ -518,7 +611,7 @@ impl RawConnection {
     fn validate(
         self,
         key: &str,
-        base: &Path,
+        psk: &PskFiles,
         listen: &[IpAddr],
     ) -> Result<Connection, ConfigError> {
         let k = |field: &str| format!("{key} ({}).{field}", self.name);
@@ -554,7 +647,7 @@ impl RawConnection {
             (Some(_), Some(_)) => return Err(err(k("psk"), "set psk or psk_file, not both")),
             (None, None) => return Err(err(k("psk"), "missing: set psk or psk_file")),
             (Some(psk), None) => Secret::from_slice(psk.as_bytes()),
-            (None, Some(file)) => read_psk_file(&k("psk_file"), &base.join(file))?,
+            (None, Some(file)) => psk.read(&k("psk_file"), file)?,
         };
         // RFC 7296 2.15: a PSK must be as strong as the keys it protects; short
         // human passwords make IKE_AUTH open to offline dictionary attacks.
@@ -631,7 +724,7 @@ impl RawConnection {
 
 /// Two tunnels claiming the same remote inner addresses would make outbound
 /// routing ambiguous: which peer gets a packet would depend on install order.
-fn check_overlaps(connections: &[Connection]) -> Result<(), ConfigError> {
+fn check_overlaps(connections: &[&Connection]) -> Result<(), ConfigError> {
     for (i, a) in connections.iter().enumerate() {
         for b in &connections[i + 1..] {
             for &(pa, la) in &a.remote_prefixes {
@@ -667,6 +760,27 @@ fn prefix_range(addr: IpAddr, len: u8) -> (u128, u128) {
         (1u128 << host_bits) - 1
     };
     (value & !host_mask, value | host_mask)
+}
+
+/// The prefix a selector covers, if it is one (a config's always are).
+pub(crate) fn selector_prefix(ts: &TrafficSelector) -> Option<(IpAddr, u8)> {
+    let (start, end, width) = match (ts.start, ts.end) {
+        (IpAddr::V4(s), IpAddr::V4(e)) => (u128::from(u32::from(s)), u128::from(u32::from(e)), 32),
+        (IpAddr::V6(s), IpAddr::V6(e)) => (u128::from(s), u128::from(e), 128),
+        _ => return None,
+    };
+    let mask = start ^ end;
+    if start & mask != 0 {
+        return None;
+    }
+    if mask == u128::MAX {
+        return Some((ts.start, 0));
+    }
+    let host_bits = mask + 1;
+    // Width minus host bits: at most 128, so the cast cannot truncate.
+    host_bits
+        .is_power_of_two()
+        .then(|| (ts.start, (width - host_bits.trailing_zeros()) as u8))
 }
 
 fn prefix_selector(addr: IpAddr, len: u8) -> TrafficSelector {
@@ -910,5 +1024,59 @@ child_lifetime = "10m"
         assert!(parse_duration("k", "8x").is_err());
         assert!(parse_duration("k", "0s").is_err());
         assert!(parse_duration("k", "99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn tunnels_applied_live_are_checked_against_what_runs() {
+        let config = parse(GOOD).unwrap();
+        let current: Vec<&Connection> = config.connections.iter().collect();
+        let table = GOOD.split("[[connection]]").nth(1).unwrap();
+        let site_b = format!(
+            "[[connection]]{}",
+            table
+                .replace("site-a", "site-b")
+                .replace("10.1.0.0/16", "10.3.0.0/16")
+        );
+        let none = BTreeMap::new();
+        let sent = PskFiles::Sent(&none);
+        let t = parse_tunnels(&site_b, &sent, &config.listen, &current).unwrap();
+        assert_eq!(t[0].ike.name, "site-b");
+        assert_eq!(t[0].remote_prefixes, [("10.3.0.0".parse().unwrap(), 16)]);
+        let back = Connection::from_spec(t[0].spec());
+        assert_eq!(back.spec(), t[0].spec());
+        assert_eq!(back.remote_prefixes, t[0].remote_prefixes);
+        // Replacing site-a by name is no overlap with itself.
+        let again = format!("[[connection]]{table}");
+        assert!(parse_tunnels(&again, &sent, &config.listen, &current).is_ok());
+        let refuse = |text: &str| {
+            let e = parse_tunnels(text, &sent, &config.listen, &current)
+                .expect_err("should be refused")
+                .to_string();
+            assert!(!e.contains('\n'), "not one line: {e}");
+            e
+        };
+        let e = refuse(&site_b.replace("10.3.0.0/16", "10.1.7.0/24"));
+        assert!(
+            e.contains("(site-b).remote_ts") && e.contains("overlaps"),
+            "{e}"
+        );
+        let e = refuse(&site_b.replace("192.0.2.1", "192.0.2.9"));
+        assert!(e.contains("local_addr") && e.contains("ike.listen"), "{e}");
+        let e = refuse(&site_b.replace("psk = \"a-long-test-secret\"", "psk_file = \"b.psk\""));
+        assert!(e.contains("psk_file") && e.contains("b.psk"), "{e}");
+        assert!(refuse("").contains("nothing to apply"));
+        assert!(refuse("[node]\nname = \"x\"").contains("node"));
+        let sent_key = BTreeMap::from([(
+            "b.psk".to_owned(),
+            Secret::from_slice(b"another-long-secret\n"),
+        )]);
+        let t = parse_tunnels(
+            &site_b.replace("psk = \"a-long-test-secret\"", "psk_file = \"b.psk\""),
+            &PskFiles::Sent(&sent_key),
+            &config.listen,
+            &current,
+        )
+        .unwrap();
+        assert_eq!(t[0].ike.psk, Secret::from_slice(b"another-long-secret"));
     }
 }

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use tandem_crypto::Secret;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
@@ -35,11 +36,28 @@ pub enum Command {
     },
     /// Hands every tunnel a gateway owns to the other gateways.
     Drain(tandem_cluster::NodeId),
+    /// Tunnels to configure through the cluster: `[[connection]]` tables
+    /// (a `Secret`: they may hold a key inline, and never reach a log).
+    TunnelApply {
+        text: Secret,
+        psk: PskSource,
+    },
+    /// A tunnel to remove through the cluster.
+    TunnelRemove(String),
     /// The customer device's configuration for a tunnel.
     PeerConfig {
         tunnel: String,
         format: crate::peer_config::Format,
     },
+}
+
+/// Where the `psk_file`s of applied tunnels are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PskSource {
+    /// On this node, relative to this directory (`tandemd ctl apply FILE`).
+    Dir(std::path::PathBuf),
+    /// Read by tandemctl on the operator's machine, by `psk_file` value.
+    Sent(std::collections::BTreeMap<String, Secret>),
 }
 
 impl Command {
@@ -123,6 +141,23 @@ impl Command {
                     _ => Err(usage.into()),
                 }
             }
+            "apply" => {
+                let path = std::path::PathBuf::from(words.next().ok_or("usage: apply FILE")?);
+                let text = std::fs::read(&path)
+                    .map(Secret::new)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let dir = path
+                    .parent()
+                    .unwrap_or(std::path::Path::new("/"))
+                    .to_owned();
+                Ok(Command::TunnelApply {
+                    text,
+                    psk: PskSource::Dir(dir),
+                })
+            }
+            "remove-tunnel" => Ok(Command::TunnelRemove(
+                words.next().ok_or("usage: remove-tunnel NAME")?.to_owned(),
+            )),
             "member-remove" => {
                 let id = words
                     .next()
@@ -131,7 +166,7 @@ impl Command {
                 Ok(Command::MemberRemove(id))
             }
             other => Err(format!(
-                "unknown command {other:?}; expected status, initiate, terminate, rekey-child, rekey-ike, member-add, member-remove, probe, handover, drain or peer-config"
+                "unknown command {other:?}; expected status, initiate, terminate, rekey-child, rekey-ike, member-add, member-remove, probe, handover, drain, peer-config, apply or remove-tunnel"
             )),
         }
     }

@@ -176,6 +176,18 @@ impl Dataplane {
         outbound
     }
 
+    /// `connection` is configured (again) with this replay window; new SAs
+    /// use it.
+    pub fn configure(&mut self, connection: &str, replay_window: u32) {
+        self.replay_windows
+            .insert(connection.to_owned(), replay_window);
+    }
+
+    /// `connection` is no longer configured (its SAs are removed already).
+    pub fn unconfigure(&mut self, connection: &str) {
+        self.replay_windows.remove(connection);
+    }
+
     /// Whether `connection` is one of this node's configured tunnels.
     pub fn knows(&self, connection: &str) -> bool {
         self.replay_windows.contains_key(connection)

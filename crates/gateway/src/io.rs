@@ -11,6 +11,8 @@ use std::sync::Arc;
 use tokio::net::UdpSocket;
 use tun_rs::AsyncDevice;
 
+use crate::config::Connection;
+use crate::tun::Routes;
 use crate::vip::TunnelAddresses;
 
 /// Something the main loop has to react to.
@@ -40,12 +42,24 @@ pub trait Io: 'static {
     fn address_up(&self, tunnel: &str) -> impl Future<Output = ()>;
     /// This node no longer sends for `tunnel`.
     fn address_down(&self, tunnel: &str) -> impl Future<Output = ()>;
+    /// A tunnel is configured live, new or changed from `old`: its inner
+    /// routes and addresses follow. (The simulator's and the demo's tunnels
+    /// are fixed.)
+    fn configure(&self, _conn: &Connection, _old: Option<&Connection>) -> impl Future<Output = ()> {
+        async {}
+    }
+    /// A tunnel is removed live.
+    fn unconfigure(&self, _conn: &Connection) -> impl Future<Output = ()> {
+        async {}
+    }
 }
 
-/// tandemd's IO: the bound UDP sockets, the TUN device, the VIP movers.
+/// tandemd's IO: the bound UDP sockets, the TUN device and its routes, the
+/// VIP movers.
 pub struct SystemIo {
     pub sockets: BTreeMap<SocketAddr, Arc<UdpSocket>>,
     pub tun: Arc<AsyncDevice>,
+    pub routes: Routes,
     pub addresses: TunnelAddresses,
 }
 
@@ -80,5 +94,31 @@ impl Io for SystemIo {
 
     async fn address_down(&self, tunnel: &str) {
         self.addresses.down(tunnel).await;
+    }
+
+    async fn configure(&self, conn: &Connection, old: Option<&Connection>) {
+        let before = old.map_or(&[][..], |o| &o.remote_prefixes[..]);
+        for &(addr, len) in before.iter().filter(|p| !conn.remote_prefixes.contains(p)) {
+            if let Err(e) = self.routes.remove(addr, len).await {
+                tracing::warn!(error = %e, "stale route left");
+            }
+        }
+        for &(addr, len) in &conn.remote_prefixes {
+            if let Err(e) = self.routes.add(addr, len).await {
+                tracing::error!(tunnel = %conn.ike.name, error = %e, "cannot route the tunnel's prefixes");
+            }
+        }
+        self.addresses
+            .set(&conn.ike.name, Some((conn.ike.local_addr, conn.lan_addr)));
+    }
+
+    async fn unconfigure(&self, conn: &Connection) {
+        for &(addr, len) in &conn.remote_prefixes {
+            if let Err(e) = self.routes.remove(addr, len).await {
+                tracing::warn!(error = %e, "stale route left");
+            }
+        }
+        self.addresses.down(&conn.ike.name).await;
+        self.addresses.set(&conn.ike.name, None);
     }
 }

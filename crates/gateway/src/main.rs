@@ -76,7 +76,7 @@ enum Cmd {
         /// status | initiate NAME | terminate NAME | rekey-child NAME | rekey-ike NAME |
         /// member-add ID NAME HOST:PORT [witness] | member-remove ID |
         /// probe COUNT [WRITERS [BYTES]] | handover TUNNEL NODE_ID | drain NODE_ID |
-        /// peer-config TUNNEL swanctl|cisco-ios|generic
+        /// peer-config TUNNEL swanctl|cisco-ios|generic | apply FILE | remove-tunnel NAME
         #[arg(required = true, num_args = 1..)]
         command: Vec<String>,
     },
@@ -129,10 +129,22 @@ fn main() -> std::process::ExitCode {
         Cmd::Release { config } => config::Config::load(&config)
             .map_err(Into::into)
             .and_then(|c| runtime().and_then(|rt| rt.block_on(node::release_vips(&c)))),
-        Cmd::Ctl { socket, command } => runtime().and_then(|rt| {
-            rt.block_on(control::call(&socket, &command.join(" ")))
-                .map(|reply| println!("{reply}"))
-        }),
+        Cmd::Ctl {
+            socket,
+            mut command,
+        } => {
+            // tandemd reads an applied file itself, from its own directory.
+            if let [verb, file, ..] = command.as_mut_slice()
+                && verb == "apply"
+                && let Ok(path) = std::fs::canonicalize(&*file)
+            {
+                *file = path.to_string_lossy().into_owned();
+            }
+            runtime().and_then(|rt| {
+                rt.block_on(control::call(&socket, &command.join(" ")))
+                    .map(|reply| println!("{reply}"))
+            })
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -20,7 +20,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tun_rs::AsyncDevice;
 
-use crate::config::Config;
+use crate::config::{Config, Connection};
 use crate::control::{self, Command, Request};
 use crate::dataplane::{Dataplane, Decapsulated};
 use crate::io::{Input, Io, SystemIo};
@@ -111,6 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let io = SystemIo {
         sockets,
         tun: tun_dev,
+        routes,
         addresses,
     };
     serve(
@@ -226,6 +227,12 @@ pub async fn serve<I: Io>(
         marks_synced: BTreeMap::new(),
         background: background_tx,
         sa_counters: crate::telemetry::SaCounters::default(),
+        tunnels: config
+            .connections
+            .iter()
+            .map(|c| (c.ike.name.clone(), c.clone()))
+            .collect(),
+        listen: config.listen.clone(),
     };
 
     node.initiate_owned(tandem_cluster::now());
@@ -263,6 +270,10 @@ pub async fn serve<I: Io>(
                     }
                     (Some(c), Command::Probe { count, writers, bytes }) => {
                         replication::probe(c.clone(), *count, *writers, *bytes, reply);
+                    }
+                    (Some(c), Command::TunnelApply { .. } | Command::TunnelRemove(_)) => {
+                        let c = c.clone();
+                        node.change_tunnels(c, cmd, reply);
                     }
                     (Some(c), Command::Handover { .. } | Command::Drain(_)) => {
                         let c = c.clone();
@@ -485,6 +496,12 @@ struct Node<I: Io> {
     marks_synced: BTreeMap<u32, u64>,
     background: mpsc::UnboundedSender<Background>,
     sa_counters: crate::telemetry::SaCounters,
+    /// The tunnels this node runs: its file's, as the cluster overrides them
+    /// (`tandemctl apply`, `remove-tunnel`).
+    tunnels: BTreeMap<String, Connection>,
+    /// The addresses UDP 500/4500 are bound on: a tunnel applied live must
+    /// use one of them.
+    listen: Vec<std::net::IpAddr>,
 }
 
 impl<I: Io> Node<I> {
@@ -666,10 +683,19 @@ impl<I: Io> Node<I> {
                     self.dataplane.remove_standby(spi);
                 }
                 let mut changes: Vec<Change> = state
-                    .owners
+                    .tunnels
                     .into_iter()
-                    .map(|(tunnel, node)| Change::OwnerAssigned { tunnel, node })
+                    .map(|(name, spec)| match spec {
+                        Some(spec) => Change::TunnelUpsert(Box::new(spec)),
+                        None => Change::TunnelRemove { name },
+                    })
                     .collect();
+                changes.extend(
+                    state
+                        .owners
+                        .into_iter()
+                        .map(|(tunnel, node)| Change::OwnerAssigned { tunnel, node }),
+                );
                 changes.extend(
                     state
                         .child_sas
@@ -704,6 +730,13 @@ impl<I: Io> Node<I> {
                     }
                 }
                 Change::ChildSaDeleted { inbound_spi } => self.drop_standby(inbound_spi),
+                // Configuration is history too, replayed in order: a node
+                // that restarts ends up running what the cluster last said.
+                Change::TunnelUpsert(spec) => {
+                    self.configure(Connection::from_spec(*spec), now, live)
+                        .await;
+                }
+                Change::TunnelRemove { name } => self.unconfigure(&name).await,
                 _ => {}
             }
         }
@@ -745,6 +778,153 @@ impl<I: Io> Node<I> {
             self.reconcile(&tunnel, now, false).await;
         }
         self.initiate_owned(now);
+    }
+
+    /// Runs `conn`, new or changed: the endpoint's connection (new exchanges
+    /// and rekeys use it), the replay window, routes and addresses. A change
+    /// of selectors reaches the running child SAs by rekeying them now, if
+    /// this node owns the tunnel and the change is `live`.
+    async fn configure(&mut self, conn: Connection, now: Instant, live: bool) {
+        let name = conn.ike.name.clone();
+        let old = self.tunnels.get(&name).cloned();
+        if old.as_ref().is_some_and(|o| o.spec() == conn.spec()) {
+            return;
+        }
+        let owned = self.owned.contains(&name);
+        let addresses = |c: &Connection| (c.ike.local_addr, c.lan_addr);
+        let moved = owned
+            && old
+                .as_ref()
+                .is_some_and(|o| addresses(o) != addresses(&conn));
+        if moved {
+            self.io.address_down(&name).await;
+        }
+        self.endpoint.configure(conn.ike.clone());
+        self.dataplane.configure(&name, conn.replay_window);
+        self.io.configure(&conn, old.as_ref()).await;
+        if moved && self.may_send(now) {
+            self.io.address_up(&name).await;
+        }
+        if conn.initiate && old.is_none() {
+            self.to_initiate.insert(name.clone());
+        }
+        let selectors = |c: &Connection| (c.ike.local_ts.clone(), c.ike.remote_ts.clone());
+        let reselect = old
+            .as_ref()
+            .is_some_and(|o| selectors(o) != selectors(&conn));
+        self.tunnels.insert(name.clone(), conn);
+        tracing::info!(tunnel = %name, new = old.is_none(), "tunnel configured through the cluster");
+        if reselect
+            && owned
+            && live
+            && let Err(e) = self.endpoint.rekey_child(now, &name)
+        {
+            tracing::info!(tunnel = %name, error = %e, "new selectors wait for the next child SA");
+        }
+        // The state may give this node the tunnel already.
+        if old.is_none() && self.replayed_to != u64::MAX {
+            self.reconcile(&name, now, false).await;
+        }
+    }
+
+    /// Stops running tunnel `name`: its SAs go without a word to the peer
+    /// (its dead peer detection notices), then its routes and addresses.
+    async fn unconfigure(&mut self, name: &str) {
+        let Some(conn) = self.tunnels.remove(name) else {
+            return;
+        };
+        self.owned.remove(name);
+        self.to_initiate.remove(name);
+        let children: Vec<(u32, u32)> = self
+            .endpoint
+            .ike_sas()
+            .filter(|sa| sa.connection == name)
+            .flat_map(|sa| sa.children)
+            .map(|c| (c.inbound_spi, c.outbound_spi))
+            .collect();
+        for (inbound, outbound) in children {
+            self.dataplane.remove(inbound, outbound);
+        }
+        let standby: Vec<u32> = self
+            .standby
+            .values()
+            .filter(|c| c.connection == name)
+            .map(|c| c.inbound_spi)
+            .collect();
+        for spi in standby {
+            self.drop_standby(spi);
+        }
+        self.endpoint.unconfigure(name);
+        self.dataplane.unconfigure(name);
+        self.io.unconfigure(&conn).await;
+        tracing::info!(tunnel = %name, "tunnel removed through the cluster");
+    }
+
+    /// `tandemctl apply` and `remove-tunnel`: checked here against what this
+    /// node runs, then committed; every node (this one included) acts on the
+    /// commit. Nothing is committed unless the whole request is valid.
+    fn change_tunnels(
+        &self,
+        cluster: Arc<Cluster>,
+        cmd: Command,
+        reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+    ) {
+        let current: Vec<&Connection> = self.tunnels.values().collect();
+        let changes = match cmd {
+            Command::TunnelApply { text, psk } => {
+                let files = match &psk {
+                    crate::control::PskSource::Dir(dir) => crate::config::PskFiles::Disk(dir),
+                    crate::control::PskSource::Sent(sent) => crate::config::PskFiles::Sent(sent),
+                };
+                std::str::from_utf8(text.expose())
+                    .map_err(|_| "the tunnels to apply are not UTF-8 text".to_owned())
+                    .and_then(|text| {
+                        crate::config::parse_tunnels(text, &files, &self.listen, &current)
+                            .map_err(|e| e.to_string())
+                    })
+                    .map(|tunnels| {
+                        tunnels
+                            .iter()
+                            .map(|t| Change::TunnelUpsert(Box::new(t.spec())))
+                            .collect::<Vec<_>>()
+                    })
+            }
+            Command::TunnelRemove(name) if self.tunnels.contains_key(&name) => {
+                Ok(vec![Change::TunnelRemove { name }])
+            }
+            Command::TunnelRemove(name) => Err(format!(
+                "no tunnel {name:?}: the tunnels are {:?}",
+                self.tunnels.keys().collect::<Vec<_>>()
+            )),
+            _ => return,
+        };
+        tokio::spawn(async move {
+            let result = match changes {
+                Ok(changes) => {
+                    let (applied, removed): (Vec<_>, Vec<_>) = changes
+                        .iter()
+                        .map(|c| match c {
+                            Change::TunnelUpsert(spec) => (Some(spec.ike.name.clone()), None),
+                            Change::TunnelRemove { name } => (None, Some(name.clone())),
+                            _ => (None, None),
+                        })
+                        .unzip();
+                    cluster
+                        .propose(tandem_cluster::Command { changes })
+                        .await
+                        .map(|_| {
+                            serde_json::json!({
+                                "applied": applied.into_iter().flatten().collect::<Vec<_>>(),
+                                "removed": removed.into_iter().flatten().collect::<Vec<_>>(),
+                            })
+                            .to_string()
+                        })
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(result);
+        });
     }
 
     /// Starts a planned handover (or a drain) with this node's replay marks
@@ -1030,6 +1210,8 @@ impl<I: Io> Node<I> {
             }
             Command::MemberAdd(..)
             | Command::MemberRemove(_)
+            | Command::TunnelApply { .. }
+            | Command::TunnelRemove(_)
             | Command::Probe { .. }
             | Command::Handover { .. }
             | Command::Drain(_) => {

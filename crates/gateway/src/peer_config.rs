@@ -12,6 +12,8 @@ use tandem_crypto::{DhGroup, EncrAlg, IntegAlg, PrfAlg};
 use tandem_ike::config::{ConnectionConfig, EspProposal, IkeProposal};
 use tandem_ike::message::{Identity, TrafficSelector, id_type};
 
+use crate::config::selector_prefix;
+
 /// The formats `peer-config` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -324,31 +326,16 @@ fn cisco_identity(id: &Identity, matching: bool) -> String {
 
 /// A selector as a prefix (what Tandem's config makes), else as a range.
 fn selector(ts: &TrafficSelector) -> String {
-    match prefix_len(ts) {
-        Some(len) => format!("{}/{len}", ts.start),
+    match selector_prefix(ts) {
+        Some((start, len)) => format!("{start}/{len}"),
         None => format!("{}-{}", ts.start, ts.end),
     }
 }
 
-fn prefix_len(ts: &TrafficSelector) -> Option<u32> {
-    let (start, end, width) = match (ts.start, ts.end) {
-        (IpAddr::V4(s), IpAddr::V4(e)) => (u128::from(u32::from(s)), u128::from(u32::from(e)), 32),
-        (IpAddr::V6(s), IpAddr::V6(e)) => (u128::from(s), u128::from(e), 128),
-        _ => return None,
-    };
-    let mask = start ^ end;
-    if mask == u128::MAX {
-        // Every IPv6 address: ::/0.
-        return (start == 0).then_some(0);
-    }
-    let host_bits = mask + 1;
-    (host_bits.is_power_of_two() && start & mask == 0).then(|| width - host_bits.trailing_zeros())
-}
-
 fn cisco_prefix(ts: &TrafficSelector) -> String {
-    match (prefix_len(ts), ts.start) {
-        (Some(len), IpAddr::V4(start)) => {
-            let wildcard = u32::MAX.checked_shr(len).unwrap_or(0);
+    match selector_prefix(ts) {
+        Some((IpAddr::V4(start), len)) => {
+            let wildcard = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
             format!("{start} {}", std::net::Ipv4Addr::from(wildcard))
         }
         _ => format!("{} ! as a range: {}", ts.start, selector(ts)),

@@ -208,7 +208,12 @@ pub async fn manage_owners(
         let live = judge.then(|| live_gateways(&cluster, &lease, gateways.iter().copied()));
         let (mut changes, moves) = cluster.read_state(|state| {
             (
-                ownership::assign_unowned(mode, state, &configured, &gateways),
+                ownership::assign_unowned(
+                    mode,
+                    state,
+                    &ownership::configured_tunnels(state, &configured),
+                    &gateways,
+                ),
                 live.map(|live| ownership::reassign(mode, state, &gateways, &live))
                     .unwrap_or_default(),
             )

@@ -65,7 +65,28 @@ impl Routes {
     /// Adds (or replaces) a route for `prefix` into the TUN device. Replacing keeps
     /// a restart idempotent: a route left by a previous run is taken over.
     pub async fn add(&self, addr: IpAddr, len: u8) -> anyhow::Result<()> {
-        let msg = match addr {
+        self.handle
+            .route()
+            .add(self.message(addr, len))
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("cannot add route {addr}/{len} into the TUN device"))
+    }
+
+    /// Removes the route for `prefix` (a tunnel removed, or its selectors
+    /// changed).
+    pub async fn remove(&self, addr: IpAddr, len: u8) -> anyhow::Result<()> {
+        self.handle
+            .route()
+            .del(self.message(addr, len))
+            .execute()
+            .await
+            .with_context(|| format!("cannot remove route {addr}/{len}"))
+    }
+
+    fn message(&self, addr: IpAddr, len: u8) -> rtnetlink::packet_route::route::RouteMessage {
+        match addr {
             IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(a, len)
                 .output_interface(self.ifindex)
@@ -74,13 +95,6 @@ impl Routes {
                 .destination_prefix(a, len)
                 .output_interface(self.ifindex)
                 .build(),
-        };
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .with_context(|| format!("cannot add route {addr}/{len} into the TUN device"))
+        }
     }
 }

@@ -175,7 +175,8 @@ impl VipMover {
 pub struct TunnelAddresses {
     outer: VipMover,
     lan: VipMover,
-    by_tunnel: BTreeMap<String, (IpAddr, Option<IpAddr>)>,
+    /// Tunnels come and go with live configuration.
+    by_tunnel: std::sync::Mutex<BTreeMap<String, (IpAddr, Option<IpAddr>)>>,
 }
 
 impl TunnelAddresses {
@@ -193,38 +194,59 @@ impl TunnelAddresses {
         Ok(TunnelAddresses {
             outer,
             lan,
-            by_tunnel: config
-                .connections
-                .iter()
-                .map(|c| (c.ike.name.clone(), (c.ike.local_addr, c.lan_addr)))
-                .collect(),
+            by_tunnel: std::sync::Mutex::new(
+                config
+                    .connections
+                    .iter()
+                    .map(|c| (c.ike.name.clone(), (c.ike.local_addr, c.lan_addr)))
+                    .collect(),
+            ),
         })
+    }
+
+    fn addresses(&self, tunnel: &str) -> Option<(IpAddr, Option<IpAddr>)> {
+        self.tunnels().get(tunnel).copied()
+    }
+
+    fn tunnels(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (IpAddr, Option<IpAddr>)>> {
+        self.by_tunnel
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `tunnel`'s addresses from now on (configured live), or none.
+    pub fn set(&self, tunnel: &str, addresses: Option<(IpAddr, Option<IpAddr>)>) {
+        match addresses {
+            Some(a) => self.tunnels().insert(tunnel.to_owned(), a),
+            None => self.tunnels().remove(tunnel),
+        };
     }
 
     /// This node now sends for `tunnel`.
     pub async fn up(&self, tunnel: &str) {
-        if let Some((outer, lan)) = self.by_tunnel.get(tunnel) {
-            self.outer.up(*outer).await;
+        if let Some((outer, lan)) = self.addresses(tunnel) {
+            self.outer.up(outer).await;
             if let Some(lan) = lan {
-                self.lan.up(*lan).await;
+                self.lan.up(lan).await;
             }
         }
     }
 
     /// This node no longer sends for `tunnel`.
     pub async fn down(&self, tunnel: &str) {
-        if let Some((outer, lan)) = self.by_tunnel.get(tunnel) {
-            self.outer.down(*outer).await;
+        if let Some((outer, lan)) = self.addresses(tunnel) {
+            self.outer.down(outer).await;
             if let Some(lan) = lan {
-                self.lan.down(*lan).await;
+                self.lan.down(lan).await;
             }
         }
     }
 
     /// Every tunnel's addresses down: at start, and for `tandemd release`.
     pub async fn release_all(&self) {
-        for tunnel in self.by_tunnel.keys() {
-            self.down(tunnel).await;
+        let tunnels: Vec<String> = self.tunnels().keys().cloned().collect();
+        for tunnel in tunnels {
+            self.down(&tunnel).await;
         }
     }
 }

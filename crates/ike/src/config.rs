@@ -81,6 +81,38 @@ pub struct ConnectionConfig {
     pub dpd_delay: Option<Duration>,
 }
 
+#[cfg(feature = "testing")]
+impl ConnectionConfig {
+    /// Connection `name` between documentation addresses, every field set
+    /// (a PSK, AES-GCM with Curve25519, 10.1.0.0/16 to 10.2.0.0/16): for the
+    /// tests of the crates that store and run connections.
+    #[allow(clippy::unwrap_used)]
+    pub fn for_tests(name: &str) -> Self {
+        let ts = |a: [u8; 2]| crate::message::TrafficSelector {
+            ip_protocol: 0,
+            start_port: 0,
+            end_port: u16::MAX,
+            start: IpAddr::from([a[0], a[1], 0, 0]),
+            end: IpAddr::from([a[0], a[1], 255, 255]),
+        };
+        ConnectionConfig {
+            name: name.to_owned(),
+            local_addr: IpAddr::from([192, 0, 2, 1]),
+            remote_addr: Some(IpAddr::from([198, 51, 100, 1])),
+            local_id: parse_identity("192.0.2.1").unwrap(),
+            remote_id: parse_identity("198.51.100.1").unwrap(),
+            psk: Secret::from_slice(b"a-long-test-secret"),
+            ike_proposals: vec![parse_ike_proposal("aes256gcm16-prfsha256-curve25519").unwrap()],
+            esp_proposals: vec![parse_esp_proposal("aes256gcm16").unwrap()],
+            local_ts: vec![ts([10, 2])],
+            remote_ts: vec![ts([10, 1])],
+            ike_lifetime: Duration::from_secs(28_800),
+            child_lifetime: Duration::from_secs(3_600),
+            dpd_delay: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
 /// Resource limits against IKE_SA_INIT floods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -689,6 +689,22 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Adds connection `cfg`, or replaces the one of the same name: new
+    /// exchanges and rekeys use it; SAs keep what they negotiated until then.
+    pub fn configure(&mut self, cfg: ConnectionConfig) {
+        match self.connections.iter_mut().find(|c| c.name == cfg.name) {
+            Some(c) => *c = cfg,
+            None => self.connections.push(cfg),
+        }
+    }
+
+    /// Removes connection `name` and drops its SAs without a word to the
+    /// peer, whose dead peer detection notices.
+    pub fn unconfigure(&mut self, name: &str) {
+        self.forget(name);
+        self.connections.retain(|c| c.name != name);
+    }
+
     /// Drops every SA of `connection` without a word to the peer and without
     /// reporting them removed: another node owns the tunnel now, and the
     /// replicated records are its.

@@ -581,13 +581,12 @@ impl IkeSa {
     }
 
     fn start_child_rekey(&mut self, old: u32, cfg: &ConnectionConfig, io: &mut Io<'_>) {
-        let Some(i) = self.child_index(old) else {
+        if self.child_index(old).is_none() {
             return;
-        };
+        }
         let new_inbound = child_spi(io.rng);
         let ni = nonce(io.rng);
         let dh = Self::pfs_group(cfg).map(|g| DhPrivate::generate(g, io.rng));
-        let child = &self.children[i].sa;
         let mut p = vec![
             Payload::Notify(Notify {
                 protocol: ProtocolId::Esp,
@@ -604,8 +603,11 @@ impl IkeSa {
                 data: dh.public_value(),
             }));
         }
-        p.push(Payload::TsI(child.local_ts.clone()));
-        p.push(Payload::TsR(child.remote_ts.clone()));
+        // The configured selectors, not the old child's: an operator who
+        // changed them (tandemctl apply) gets them at the next rekey, which
+        // RFC 7296 2.8 allows; unchanged, the peer narrows them as before.
+        p.push(Payload::TsI(cfg.local_ts.clone()));
+        p.push(Payload::TsR(cfg.remote_ts.clone()));
         let pending = Pending::RekeyChild(ChildRekeySent {
             old_inbound: old,
             new_inbound,
