@@ -296,8 +296,17 @@ fn kill_the_owner(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::Resu
                 && packets(&second) > packets(&first),
             "gateway {new_owner}'s metrics do not show the takeover and traffic:\n{first}\n{second}"
         );
+        // The old owner's silence as the new owner measured it: the
+        // lease, an election and a commit, as the pings see it below.
+        let silent = metric(&second, "tandem_takeover_silence_seconds_sum", &[]);
+        ensure!(
+            metric(&second, "tandem_takeover_silence_seconds_count", &[]) == 1.0
+                && (0.2..1.5).contains(&silent),
+            "gateway {new_owner}'s takeover silence metric:\n{second}"
+        );
         println!(
-            "metrics of the new owner (gateway {new_owner}): 1 unplanned takeover, inbound ESP packets {} -> {} in 1.2 s",
+            "metrics of the new owner (gateway {new_owner}): 1 unplanned takeover after {:.0} ms of silence, inbound ESP packets {} -> {} in 1.2 s",
+            silent * 1000.0,
             packets(&first),
             packets(&second)
         );
@@ -664,6 +673,13 @@ fn active_active_a_survivor_carries_both_tunnels() -> anyhow::Result<()> {
         }
         let after = up(&peer)?;
         ensure!(after == before, "the peer's IKE SAs changed: {before:?} -> {after:?}");
+        // A handover to the dead gateway is refused, naming it.
+        c.tandemctl_refuses(
+            &site.nodes[2],
+            3,
+            &["handover", "--tunnel", "site-a", "--to", "1"],
+            "node 1 is not a gateway with a live lease",
+        )?;
         Ok(())
     })()
     .with_context(|| {

@@ -710,10 +710,17 @@ impl<I: Io> Node<I> {
                 // Replaying its log, a node that restarted may see itself own
                 // a tunnel another node took over since; it acts on ownership
                 // only once caught up (see Node::catch_up_ownership).
-                Change::OwnerAssigned { tunnel, .. } | Change::OwnerTransferred { tunnel, .. }
-                    if self.replayed_to != u64::MAX =>
-                {
+                Change::OwnerAssigned { tunnel, .. } if self.replayed_to != u64::MAX => {
                     self.reconcile(&tunnel, now, live).await;
+                }
+                Change::OwnerTransferred { tunnel, from, .. } if self.replayed_to != u64::MAX => {
+                    if self.reconcile(&tunnel, now, live).await
+                        && let Some(cluster) = &self.cluster
+                    {
+                        let silent =
+                            now.saturating_duration_since(cluster.lease_watch().last_seen(from));
+                        crate::telemetry::takeover_silence(&tunnel, silent);
+                    }
                 }
                 Change::ChildSaInstalled(child) => {
                     if self.owned.contains(&child.connection)
@@ -747,23 +754,26 @@ impl<I: Io> Node<I> {
     /// the state machine made of a change, so a stale transfer (one a
     /// partitioned ex-leader proposed, forwarded after the partition healed)
     /// changes nothing there, nor here.
-    async fn reconcile(&mut self, tunnel: &str, now: Instant, live: bool) {
+    /// Returns whether this node took the tunnel over.
+    async fn reconcile(&mut self, tunnel: &str, now: Instant, live: bool) -> bool {
         let Some(node) = self
             .cluster
             .as_ref()
             .and_then(|c| c.read_state(|s| s.owners.get(tunnel).copied()))
         else {
-            return;
+            return false;
         };
         if node == self.id && self.dataplane.knows(tunnel) {
             if self.owned.insert(tunnel.to_owned()) {
                 tracing::info!(%tunnel, "this node owns the tunnel");
                 self.take_over(tunnel, now, live).await;
+                return true;
             }
         } else if self.owned.remove(tunnel) {
             tracing::info!(%tunnel, owner = node, "tunnel owned by another node");
             self.hand_over(tunnel).await;
         }
+        false
     }
 
     /// This process's first lease renewal is applied: the state here is now
@@ -1165,6 +1175,7 @@ impl<I: Io> Node<I> {
                 reason,
             } => {
                 crate::telemetry::ike_event("closed", &connection);
+                crate::telemetry::ike_closed(&connection, reason);
                 tracing::info!(%connection, spi_i = format_args!("{spi_i:016x}"), spi_r = format_args!("{spi_r:016x}"), ?reason, "IKE SA closed")
             }
             Event::ChildSaInstalled(child) => {

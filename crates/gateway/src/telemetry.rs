@@ -42,6 +42,14 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         "tandem_commit_seconds",
         "time to commit one step of IKE state through Raft"
     );
+    metrics::describe_counter!(
+        "tandem_ike_closed_total",
+        "IKE SAs ended or failed to set up, by reason"
+    );
+    metrics::describe_histogram!(
+        "tandem_takeover_silence_seconds",
+        "how long a tunnel's previous owner had renewed no lease seen here when this node took the tunnel over"
+    );
     Ok(())
 }
 
@@ -114,6 +122,37 @@ pub fn took_over(tunnel: &str, planned: bool) {
 /// This node gave a tunnel up.
 pub fn handed_over(tunnel: &str) {
     counter!("tandem_handovers_total", "tunnel" => tunnel.to_owned()).increment(1);
+}
+
+/// An IKE SA ended, or failed to set up: why.
+pub fn ike_closed(tunnel: &str, reason: tandem_ike::endpoint::CloseReason) {
+    use tandem_ike::endpoint::{CloseReason, NegotiationFailure};
+    let reason = match reason {
+        CloseReason::DeletedByPeer => "deleted_by_peer",
+        CloseReason::DeletedLocally => "deleted_locally",
+        CloseReason::DpdTimeout => "dpd_timeout",
+        CloseReason::RetransmitsExhausted => "retransmits_exhausted",
+        CloseReason::AuthenticationFailed => "authentication_failed",
+        CloseReason::NegotiationFailed(NegotiationFailure::NoProposalChosen) => {
+            "no_proposal_chosen"
+        }
+        CloseReason::NegotiationFailed(NegotiationFailure::InvalidKePayload) => "invalid_ke",
+        CloseReason::NegotiationFailed(NegotiationFailure::PeerError(_)) => "peer_error",
+        CloseReason::NegotiationFailed(NegotiationFailure::InvalidResponse) => "invalid_response",
+        CloseReason::Expired => "expired",
+        _ => "other",
+    };
+    counter!("tandem_ike_closed_total", "tunnel" => tunnel.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// This node took `tunnel` over from an owner that had been silent this
+/// long: about the traffic gap of an unplanned takeover (the new owner
+/// sends within milliseconds of this); a planned handover shows the
+/// renewal period or less.
+pub fn takeover_silence(tunnel: &str, silent: std::time::Duration) {
+    histogram!("tandem_takeover_silence_seconds", "tunnel" => tunnel.to_owned())
+        .record(silent.as_secs_f64());
 }
 
 /// An IKE event: established, rekeyed, closed.
