@@ -49,6 +49,61 @@ impl HaSite {
         format!("198.51.100.{}", 10 + i)
     }
 
+    /// The cluster of this site: each member on its own cluster address,
+    /// facing the peer on the standard ports, moving the VIPs and LAN-side
+    /// gateway addresses on its interfaces; `mode` is extra `[cluster]` lines.
+    pub fn cluster(
+        &self,
+        gateways: u64,
+        witnesses: u64,
+        mode: &str,
+    ) -> anyhow::Result<crate::cluster::Cluster> {
+        let mut c = crate::cluster::Cluster::new(
+            &self.dir.path().join("cluster"),
+            gateways,
+            witnesses,
+            10_000,
+        )?;
+        for (id, m) in &mut c.members {
+            let i = *id as usize;
+            m.addr = Self::cluster_addr(i);
+            m.node.ike_port = 500;
+            m.node.natt_port = 4500;
+            m.metrics = Some(format!("{}:9100", Self::cluster_addr(i)));
+            m.extra = format!(
+                "{mode}lease = \"400ms\"\nvip_interface = \"{}\"\nvip_prefix_len = 24\nlan_interface = \"{}\"\nlan_prefix_len = 16\n",
+                self.node_ifs[i - 1],
+                self.lan_ifs[i - 1]
+            );
+        }
+        Ok(c)
+    }
+
+    /// Starts every member of `c` in its namespace, the gateways with
+    /// `gw_side`, and waits for a leader and for gateway 1 to own the tunnel
+    /// and hold its address.
+    pub fn start_members(
+        &self,
+        c: &mut crate::cluster::Cluster,
+        gw_side: &Tunnel,
+    ) -> anyhow::Result<()> {
+        let ids: Vec<u64> = c.members.keys().copied().collect();
+        for id in ids {
+            let witness = c.members[&id].witness;
+            c.start(
+                &self.nodes[id as usize - 1],
+                id,
+                (!witness).then_some(gw_side),
+            )?;
+        }
+        c.leader()?;
+        crate::wait_for(
+            "gateway 1 to own the tunnel and hold the VIP",
+            std::time::Duration::from_secs(15),
+            || Ok((self.vip_holders()? == [1]).then_some(())),
+        )
+    }
+
     /// Takes node `i`'s cluster link down (`up` false) or back up.
     pub fn cluster_link(&self, i: usize, up: bool) -> anyhow::Result<()> {
         let state = if up { "up" } else { "down" };

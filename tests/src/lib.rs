@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 
+pub mod chaos;
 pub mod cluster;
 pub mod ha;
+pub mod probe;
 
 /// Real-peer tests share two cores; running them one at a time keeps their
 /// throughput and loss figures meaningful (and the fixed iperf3 port free).
@@ -1408,6 +1410,26 @@ pub fn iperf3(
     secs: u32,
     dir: &Path,
 ) -> anyhow::Result<f64> {
+    iperf3_paced(
+        server_ns,
+        server_addr,
+        (client_ns, client_addr),
+        secs,
+        0,
+        dir,
+    )
+}
+
+/// [`iperf3`] paced at `mbits` Mbit/s (0: as fast as it goes): bulk traffic
+/// that leaves room for other flows instead of filling every queue.
+pub fn iperf3_paced(
+    server_ns: &Netns,
+    server_addr: &str,
+    (client_ns, client_addr): (&Netns, &str),
+    secs: u32,
+    mbits: u32,
+    dir: &Path,
+) -> anyhow::Result<f64> {
     let port = "5201";
     // -1: serve one client and exit; dropped (killed) at the end either way.
     let _server = server_ns.spawn(
@@ -1434,6 +1456,8 @@ pub fn iperf3(
             port,
             "-t",
             &secs.to_string(),
+            "-b",
+            &format!("{mbits}M"),
             "-J",
         ])?;
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();

@@ -34,26 +34,11 @@ fn with_cluster(
     let _serial = serial();
     let site = HaSite::new((gateways + witnesses) as usize)?;
     let dir = site.dir.path().to_path_buf();
-    let mut c = ha_cluster(&site, gateways, witnesses, "")?;
+    let mut c = site.cluster(gateways, witnesses, "")?;
     let mut peer_side = site.tunnel(CONN, "aes256gcm16-prfsha256-curve25519", "aes256gcm16");
     // DPD on both sides: only while idle, so it is checked after the events.
     peer_side.dpd_delay = Duration::from_secs(2);
-    let gw_side = peer_side.mirrored();
-    let ids: Vec<u64> = c.members.keys().copied().collect();
-    for id in ids {
-        let witness = c.members[&id].witness;
-        c.start(
-            &site.nodes[id as usize - 1],
-            id,
-            (!witness).then_some(&gw_side),
-        )?;
-    }
-    c.leader()?;
-    wait_for(
-        "gateway 1 to own the tunnel and hold the VIP",
-        Duration::from_secs(15),
-        || Ok((site.vip_holders()? == [1]).then_some(())),
-    )?;
+    site.start_members(&mut c, &peer_side.mirrored())?;
     let peer = Charon::start(&site.peer, &dir, &peer_side)?;
     let result = connect(&site, &c, &peer)
         .and_then(|()| scenario(&site, &mut c, &peer))
@@ -70,31 +55,6 @@ fn with_cluster(
             )
         });
     tear_down(site, c, peer, result)
-}
-
-/// The cluster of an [`HaSite`]: each member on its own cluster address,
-/// facing the peer on the standard ports, moving the VIPs and LAN-side
-/// gateway addresses on its interfaces; `mode` is extra `[cluster]` lines.
-fn ha_cluster(site: &HaSite, gateways: u64, witnesses: u64, mode: &str) -> anyhow::Result<Cluster> {
-    let mut c = Cluster::new(
-        &site.dir.path().join("cluster"),
-        gateways,
-        witnesses,
-        10_000,
-    )?;
-    for (id, m) in &mut c.members {
-        let i = *id as usize;
-        m.addr = HaSite::cluster_addr(i);
-        m.node.ike_port = 500;
-        m.node.natt_port = 4500;
-        m.metrics = Some(format!("{}:9100", HaSite::cluster_addr(i)));
-        m.extra = format!(
-            "{mode}lease = \"400ms\"\nvip_interface = \"{}\"\nvip_prefix_len = 24\nlan_interface = \"{}\"\nlan_prefix_len = 16\n",
-            site.node_ifs[i - 1],
-            site.lan_ifs[i - 1]
-        );
-    }
-    Ok(c)
 }
 
 /// Stops everything (peer, members, namespaces), then reports `result`, or
@@ -584,7 +544,7 @@ fn active_active_a_survivor_carries_both_tunnels() -> anyhow::Result<()> {
     let _serial = serial();
     let site = HaSite::new(3)?;
     let dir = site.dir.path().to_path_buf();
-    let mut c = ha_cluster(&site, 3, 0, "mode = \"active-active\"\n")?;
+    let mut c = site.cluster(3, 0, "mode = \"active-active\"\n")?;
     let (ike, esp) = ("aes256gcm16-prfsha256-curve25519", "aes256gcm16");
     let peer_sides = [
         site.tunnel("site-a", ike, esp),
@@ -705,7 +665,7 @@ fn tunnels_are_added_changed_and_removed_live_and_bad_config_changes_nothing() -
     let _serial = serial();
     let site = HaSite::new(3)?;
     let dir = site.dir.path().to_path_buf();
-    let mut c = ha_cluster(&site, 3, 0, "")?;
+    let mut c = site.cluster(3, 0, "")?;
     let (ike, esp) = ("aes256gcm16-prfsha256-curve25519", "aes256gcm16");
     let peer_sides = [
         site.tunnel(CONN, ike, esp),

@@ -1,0 +1,867 @@
+//! The chaos suite (`chaos/run`): a real Tandem cluster and a real
+//! strongSwan customer device in network namespaces, broken on purpose while
+//! UDP probe streams (1000 a second, both ways) and a TCP stream cross the
+//! tunnel, with what the customer saw reported per scenario: `report.json`,
+//! a table on the terminal and a timeline picture (`timeline.svg`).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use serde_json::json;
+
+use crate::cluster::Cluster;
+use crate::ha::HaSite;
+use crate::probe::{self, Flow, now_us};
+use crate::{Capture, Charon, Netns, Proc, SiteToSite, Tandemd, Tunnel, unique, wait_for};
+
+const CONN: &str = "site-a";
+/// Probes a second, each way.
+const RATE: u32 = 1000;
+/// Probing before the event, and after it.
+const BEFORE: Duration = Duration::from_secs(2);
+const AFTER: Duration = Duration::from_secs(8);
+/// How long a crashed node stays down before its service manager restarts
+/// it (deploy/systemd: RestartSec=1).
+const RESTART_AFTER: Duration = Duration::from_secs(1);
+/// The TCP stream's pace: bulk traffic, with room left for the probes (an
+/// unpaced stream fills the tunnel on this 2-core machine, and the probes
+/// it crowds out would count as failover losses).
+const TCP_MBITS: u32 = 10;
+/// Longest wait for full redundancy after an event.
+const REDUNDANCY_WAIT: Duration = Duration::from_secs(30);
+
+/// The customer device's settings, and what a scenario must meet.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub peer_ike_proposal: String,
+    pub peer_esp_proposal: String,
+    pub peer_dpd: Duration,
+    pub peer_ike_lifetime: Duration,
+    pub peer_child_lifetime: Duration,
+    pub thresholds: Thresholds,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            peer_ike_proposal: "aes256gcm16-prfsha256-curve25519".into(),
+            peer_esp_proposal: "aes256gcm16".into(),
+            peer_dpd: Duration::from_secs(10),
+            peer_ike_lifetime: Duration::from_secs(8 * 3600),
+            peer_child_lifetime: Duration::from_secs(3600),
+            thresholds: Thresholds::default(),
+        }
+    }
+}
+
+/// The failover issue's thresholds: planned events lose at most one probe a
+/// way and stop traffic for under 50 ms; unplanned ones under 1 s.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    pub planned_gap: Duration,
+    pub planned_lost: u64,
+    pub unplanned_gap: Duration,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            planned_gap: Duration::from_millis(50),
+            planned_lost: 1,
+            unplanned_gap: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A way to break the cluster.
+#[derive(Debug)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub planned: bool,
+    /// Members: gateways and witnesses.
+    pub layout: (u64, u64),
+    /// Part of `--quick`.
+    pub quick: bool,
+    pub what: &'static str,
+    run: fn(&mut Lab<'_>) -> anyhow::Result<()>,
+}
+
+/// Every scenario, in the order they run.
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "planned-handover",
+            planned: true,
+            layout: (3, 0),
+            quick: true,
+            what: "tandemctl handover of the tunnel to gateway 2",
+            run: |lab| lab.ctl(&["handover", "--tunnel", CONN, "--to", "2"]),
+        },
+        Scenario {
+            name: "drain",
+            planned: true,
+            layout: (3, 0),
+            quick: false,
+            what: "tandemctl drain of the owner",
+            run: |lab| lab.ctl(&["drain", "1"]),
+        },
+        Scenario {
+            name: "kill-owner",
+            planned: false,
+            layout: (3, 0),
+            quick: true,
+            what: "kill -9 of the owner; its service manager restarts it 1 s later",
+            run: |lab| lab.crash_and_restart(1),
+        },
+        Scenario {
+            name: "sigstop-owner",
+            planned: false,
+            layout: (3, 0),
+            quick: false,
+            what: "SIGSTOP of the owner for 5 s, then SIGCONT",
+            run: |lab| {
+                let pid = lab.cluster.node(1).pid().to_string();
+                crate::run_output(std::process::Command::new("kill").args(["-STOP", &pid]))?;
+                lab.mark("owner stopped");
+                std::thread::sleep(Duration::from_secs(5));
+                crate::run_output(std::process::Command::new("kill").args(["-CONT", &pid]))?;
+                lab.mark("owner continued");
+                Ok(())
+            },
+        },
+        Scenario {
+            name: "partition-owner",
+            planned: false,
+            layout: (3, 0),
+            quick: true,
+            what: "the owner's cluster link down for 5 s (its outer link stays up)",
+            run: |lab| {
+                lab.site.cluster_link(1, false)?;
+                lab.mark("owner cut off");
+                std::thread::sleep(Duration::from_secs(5));
+                lab.site.cluster_link(1, true)?;
+                lab.mark("owner reconnected");
+                Ok(())
+            },
+        },
+        Scenario {
+            name: "kill-leader",
+            planned: false,
+            layout: (3, 0),
+            quick: false,
+            what: "kill -9 of the Raft leader while another gateway owns the tunnel",
+            run: |lab| {
+                let mut leader = lab.cluster.leader()?;
+                if leader == 1 {
+                    // The owner leads: move the tunnel first, so the leader
+                    // killed is not its owner.
+                    lab.ctl(&["handover", "--tunnel", CONN, "--to", "2"])?;
+                    std::thread::sleep(Duration::from_secs(1));
+                    leader = lab.cluster.leader()?;
+                }
+                lab.crash_and_restart(leader)
+            },
+        },
+        Scenario {
+            name: "witness-lost",
+            planned: false,
+            layout: (2, 1),
+            quick: false,
+            what: "kill -9 of the witness of 2 gateways + witness; restarted 1 s later",
+            run: |lab| lab.crash_and_restart(3),
+        },
+    ]
+}
+
+/// What the customer saw in one scenario.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub name: String,
+    pub planned: bool,
+    pub what: String,
+    pub gap: Duration,
+    pub sent: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub peer_ike_sa_kept: bool,
+    pub peer_replay_errors: usize,
+    pub peer_integrity_errors: usize,
+    pub dual_sender: Duration,
+    pub redundancy_restored: Option<Duration>,
+    pub tcp_mbits: Option<f64>,
+    /// Every threshold missed, each naming the figure.
+    pub failures: Vec<String>,
+    pub timeline: Timeline,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        json!({
+            "name": self.name,
+            "what": self.what,
+            "planned": self.planned,
+            "gap_ms": ms(self.gap),
+            "probes_sent": self.sent,
+            "probes_lost": self.lost,
+            "probes_duplicated": self.duplicated,
+            "peer_ike_sa_kept": self.peer_ike_sa_kept,
+            "peer_replay_errors": self.peer_replay_errors,
+            "peer_integrity_errors": self.peer_integrity_errors,
+            "dual_sender_ms": ms(self.dual_sender),
+            "redundancy_restored_ms": self.redundancy_restored.map(ms),
+            "tcp_mbit_s": self.tcp_mbits,
+            "passed": self.passed(),
+            "failures": self.failures,
+        })
+    }
+
+    fn judge(&mut self, t: &Thresholds) {
+        let mut fail = |what: String| self.failures.push(format!("{}: {what}", self.name));
+        if self.planned {
+            if self.gap >= t.planned_gap {
+                fail(format!(
+                    "gap {} ms, planned limit under {} ms",
+                    ms(self.gap),
+                    ms(t.planned_gap)
+                ));
+            }
+            if self.lost > t.planned_lost * 2 {
+                fail(format!(
+                    "{} probes lost, planned limit {} a way",
+                    self.lost, t.planned_lost
+                ));
+            }
+        } else if self.gap >= t.unplanned_gap {
+            fail(format!(
+                "gap {} ms, unplanned limit under {} ms",
+                ms(self.gap),
+                ms(t.unplanned_gap)
+            ));
+        }
+        if !self.peer_ike_sa_kept {
+            fail("the peer's IKE SA changed (renegotiated)".into());
+        }
+        if self.peer_replay_errors + self.peer_integrity_errors > 0 {
+            fail(format!(
+                "the peer logged {} replay and {} integrity errors",
+                self.peer_replay_errors, self.peer_integrity_errors
+            ));
+        }
+        if !self.dual_sender.is_zero() {
+            fail(format!(
+                "two nodes sent for one SA during {} ms",
+                ms(self.dual_sender)
+            ));
+        }
+        if self.duplicated > 0 {
+            fail(format!("{} probes arrived twice", self.duplicated));
+        }
+        if self.redundancy_restored.is_none() {
+            fail(format!(
+                "redundancy not restored within {} s",
+                REDUNDANCY_WAIT.as_secs()
+            ));
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// What happened when, for the picture: probe arrivals each way, which node
+/// held the tunnel's address, the events the scenario caused.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    pub start_us: u64,
+    pub end_us: u64,
+    pub up: Vec<u64>,
+    pub down: Vec<u64>,
+    /// Each ESP packet sent from the tunnel's address: (time, node).
+    pub senders: Vec<(u64, usize)>,
+    pub events: Vec<(u64, String)>,
+}
+
+/// One scenario's site, cluster and peer, running.
+#[derive(Debug)]
+pub struct Lab<'a> {
+    pub site: &'a HaSite,
+    pub cluster: Cluster,
+    pub peer: Charon,
+    events: Vec<(u64, String)>,
+}
+
+impl Lab<'_> {
+    fn mark(&mut self, what: &str) {
+        self.events.push((now_us(), what.to_owned()));
+    }
+
+    /// `tandemctl` against gateway 3 (which the scenarios leave running).
+    fn ctl(&mut self, args: &[&str]) -> anyhow::Result<()> {
+        self.mark(&format!("tandemctl {}", args[0]));
+        let out = self.cluster.tandemctl(&self.site.nodes[2], 3, args)?;
+        self.mark(out.lines().next().unwrap_or_default());
+        Ok(())
+    }
+
+    /// A crash under a service manager: kill -9, the addresses released,
+    /// and a restart `RESTART_AFTER` later.
+    fn crash_and_restart(&mut self, id: u64) -> anyhow::Result<()> {
+        self.cluster.crash(&self.site.nodes[id as usize - 1], id)?;
+        self.mark(&format!("member {id} killed"));
+        std::thread::sleep(RESTART_AFTER);
+        let tunnel = gateway_tunnel(self.site);
+        let witness = self.cluster.members[&id].witness;
+        self.cluster.start(
+            &self.site.nodes[id as usize - 1],
+            id,
+            (!witness).then_some(&tunnel),
+        )?;
+        self.mark(&format!("member {id} restarted"));
+        Ok(())
+    }
+
+    /// Every member running with a live lease, and the tunnel owned by one
+    /// gateway and stood by on every other.
+    fn redundant(&self) -> anyhow::Result<bool> {
+        let gateways: Vec<u64> = self
+            .cluster
+            .members
+            .iter()
+            .filter(|(_, m)| !m.witness)
+            .map(|(id, _)| *id)
+            .collect();
+        if self.cluster.running.len() != self.cluster.members.len() {
+            return Ok(false);
+        }
+        let view = self.cluster.view(gateways[0])?;
+        let fresh = gateways.iter().all(|g| {
+            view["lease_age_ms"][g.to_string()]
+                .as_u64()
+                .is_some_and(|age| age < 1000)
+        });
+        let Some(owner) = view["owners"][CONN].as_u64() else {
+            return Ok(false);
+        };
+        let mut standing_by = true;
+        for g in gateways.iter().filter(|g| **g != owner) {
+            let s = self.cluster.node(*g).status()?;
+            standing_by &= s["standby_child_sas"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty());
+        }
+        Ok(fresh && standing_by)
+    }
+}
+
+/// The gateway side of the tunnel every scenario runs.
+fn gateway_tunnel(site: &HaSite) -> Tunnel {
+    peer_tunnel(site, &Options::default()).mirrored()
+}
+
+fn peer_tunnel(site: &HaSite, o: &Options) -> Tunnel {
+    let mut t = site.tunnel(CONN, &o.peer_ike_proposal, &o.peer_esp_proposal);
+    t.dpd_delay = o.peer_dpd;
+    t.ike_rekey = o.peer_ike_lifetime;
+    t.child_rekey = o.peer_child_lifetime;
+    t
+}
+
+/// One probe stream: its receiver and sender, and where the receiver writes.
+struct Stream {
+    recv: Proc,
+    send: Proc,
+    out: PathBuf,
+    count: u64,
+}
+
+impl Stream {
+    fn start(
+        from: &Netns,
+        to: &Netns,
+        to_addr: &str,
+        dir: &Path,
+        secs: Duration,
+    ) -> anyhow::Result<Stream> {
+        let me = std::env::current_exe()?;
+        let me = me.to_str().context("binary path")?;
+        let out = dir.join(unique("probes-"));
+        let bind = format!("{to_addr}:{}", probe::PORT);
+        let listen_for = (secs + Duration::from_secs(3)).as_secs().to_string();
+        let recv = to.spawn(
+            &[
+                me,
+                "probe-recv",
+                "--bind",
+                &bind,
+                "--out",
+                out.to_str().context("path")?,
+                "--secs",
+                &listen_for,
+            ],
+            &dir.join(unique("probe-recv-")),
+        )?;
+        // The receiver binds before the first probe leaves.
+        std::thread::sleep(Duration::from_millis(300));
+        let count = u64::from(RATE) * secs.as_secs();
+        let send = from.spawn(
+            &[
+                me,
+                "probe-send",
+                "--to",
+                &bind,
+                "--rate",
+                &RATE.to_string(),
+                "--count",
+                &count.to_string(),
+            ],
+            &dir.join(unique("probe-send-")),
+        )?;
+        Ok(Stream {
+            recv,
+            send,
+            out,
+            count,
+        })
+    }
+
+    fn finish(mut self) -> anyhow::Result<Flow> {
+        self.send.wait(Duration::from_secs(60))?;
+        self.recv.wait(Duration::from_secs(10))?;
+        let text = std::fs::read_to_string(&self.out).with_context(|| {
+            format!("the probe receiver wrote nothing to {}", self.out.display())
+        })?;
+        Ok(Flow::parse(self.count, &text))
+    }
+}
+
+/// Runs one scenario from a fresh site and reports what the customer saw.
+pub fn run_scenario(s: &Scenario, o: &Options) -> anyhow::Result<Outcome> {
+    let site = HaSite::new((s.layout.0 + s.layout.1) as usize)?;
+    let dir = site.dir.path().to_path_buf();
+    let mut cluster = site.cluster(s.layout.0, s.layout.1, "")?;
+    site.start_members(&mut cluster, &gateway_tunnel(&site))?;
+    let peer = Charon::start(&site.peer, &dir, &peer_tunnel(&site, o))?;
+    peer.initiate(CONN)?;
+    let before = peer.wait_established()?;
+    let mut lab = Lab {
+        site: &site,
+        cluster,
+        peer,
+        events: Vec::new(),
+    };
+    wait_for("full redundancy before the event", REDUNDANCY_WAIT, || {
+        Ok(lab.redundant()?.then_some(()))
+    })?;
+
+    let capture = Capture::start(&lab.site.peer, "br0", &dir)?;
+    let secs = BEFORE + AFTER;
+    let up = Stream::start(
+        &lab.site.peer,
+        &lab.site.lan,
+        SiteToSite::GW_INNER,
+        &dir,
+        secs,
+    )?;
+    let down = Stream::start(
+        &lab.site.lan,
+        &lab.site.peer,
+        SiteToSite::PEER_INNER,
+        &dir,
+        secs,
+    )?;
+    let start_us = now_us();
+    let (tcp, restored) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let site = &site;
+        let tcp = scope.spawn(move || {
+            crate::iperf3_paced(
+                &site.lan,
+                SiteToSite::GW_INNER,
+                (&site.peer, SiteToSite::PEER_INNER),
+                secs.as_secs() as u32 - 1,
+                TCP_MBITS,
+                site.dir.path(),
+            )
+        });
+        std::thread::sleep(BEFORE);
+        let event = Instant::now();
+        let restored = (s.run)(&mut lab).map(|()| {
+            wait_for("full redundancy", REDUNDANCY_WAIT, || {
+                Ok(lab.redundant()?.then_some(()))
+            })
+            .ok()
+            .map(|()| event.elapsed())
+        });
+        let tcp = tcp
+            .join()
+            .map_err(|_| anyhow::anyhow!("iperf3 thread panicked"))?
+            .ok();
+        Ok((tcp, restored?))
+    })?;
+    let up = up.finish()?;
+    let down = down.finish()?;
+    eprintln!(
+        "chaos: {}: peer->LAN lost {} (longest gap {:?} at +{} ms), LAN->peer lost {} (longest gap {:?} at +{} ms)",
+        s.name,
+        up.lost,
+        up.longest_gap,
+        up.gap_from_us.saturating_sub(start_us) / 1000,
+        down.lost,
+        down.longest_gap,
+        down.gap_from_us.saturating_sub(start_us) / 1000
+    );
+    let esp = capture.stop()?;
+    // Who sent the tunnel's ESP, from the capture: each node by the MAC of
+    // its outer interface.
+    let mut macs = std::collections::BTreeMap::new();
+    for (i, (ns, dev)) in site.nodes.iter().zip(&site.node_ifs).enumerate() {
+        let mac = ns.run(&["cat", &format!("/sys/class/net/{dev}/address")])?;
+        macs.insert(mac.trim().to_owned(), i + 1);
+    }
+    let senders: Vec<(u64, usize)> = esp
+        .iter()
+        .filter(|e| e.from == format!("{}.4500", HaSite::VIP))
+        .filter_map(|e| Some((e.micros, *macs.get(&e.mac)?)))
+        .collect();
+    let after = lab.peer.wait_established()?;
+    let log = lab.peer.log();
+    let count = |needles: &[&str]| {
+        log.lines()
+            .filter(|l| needles.iter().any(|n| l.contains(n)))
+            .count()
+    };
+    let worst = if up.longest_gap >= down.longest_gap {
+        &up
+    } else {
+        &down
+    };
+    let mut outcome = Outcome {
+        name: s.name.to_owned(),
+        planned: s.planned,
+        what: s.what.to_owned(),
+        gap: worst.longest_gap,
+        sent: up.sent + down.sent,
+        lost: up.lost + down.lost,
+        duplicated: up.duplicated + down.duplicated,
+        peer_ike_sa_kept: (after.spi_i.as_str(), after.spi_r.as_str())
+            == (before.spi_i.as_str(), before.spi_r.as_str()),
+        peer_replay_errors: count(&["replay"]),
+        peer_integrity_errors: count(&["ICV", "integrity", "verification failed"]),
+        dual_sender: dual_sender(&esp),
+        redundancy_restored: restored,
+        tcp_mbits: tcp,
+        failures: Vec::new(),
+        timeline: Timeline {
+            start_us,
+            end_us: now_us(),
+            up: up.arrivals,
+            down: down.arrivals,
+            senders,
+            events: lab.events.clone(),
+        },
+    };
+    outcome.judge(&o.thresholds);
+    let Lab { cluster, peer, .. } = lab;
+    let mut namespaces = vec![site.peer.name().to_owned(), site.lan.name().to_owned()];
+    namespaces.extend(site.nodes.iter().map(|n| n.name().to_owned()));
+    let mut pids = vec![peer.pid()];
+    pids.extend(cluster.running.values().map(Tandemd::pid));
+    drop((peer, cluster, site));
+    crate::check_gone(&namespaces, &pids)?;
+    Ok(outcome)
+}
+
+/// How long two machines sent ESP for the same SA from the tunnel's
+/// address, interleaved: for each SA, from the new sender's first packet to
+/// the old sender's last, when the old one sent after the new one started.
+pub fn dual_sender(seen: &[crate::EspSeen]) -> Duration {
+    let from_vip: Vec<_> = seen
+        .iter()
+        .filter(|e| e.from == format!("{}.4500", HaSite::VIP))
+        .collect();
+    let mut total = 0;
+    for spi in from_vip.iter().map(|e| e.spi).collect::<BTreeSet<_>>() {
+        let of_sa: Vec<_> = from_vip.iter().filter(|e| e.spi == spi).collect();
+        let macs: BTreeSet<&str> = of_sa.iter().map(|e| e.mac.as_str()).collect();
+        for a in &macs {
+            for b in macs.iter().filter(|b| b != &a) {
+                let first_b = of_sa.iter().find(|e| e.mac == *b).map(|e| e.micros);
+                let last_a = of_sa.iter().rev().find(|e| e.mac == *a).map(|e| e.micros);
+                let first_a = of_sa.iter().find(|e| e.mac == *a).map(|e| e.micros);
+                if let (Some(fb), Some(la), Some(fa)) = (first_b, last_a, first_a)
+                    && fa < fb
+                    && la > fb
+                {
+                    total += la - fb;
+                }
+            }
+        }
+    }
+    Duration::from_micros(total)
+}
+
+/// Runs `chosen` scenarios (all if empty; the quick ones with `quick`),
+/// writes `report.json` and `timeline.svg` to `out`, prints the table;
+/// returns whether every scenario passed.
+pub fn run(chosen: &[String], quick: bool, o: &Options, out: &Path) -> anyhow::Result<bool> {
+    let all = scenarios();
+    for name in chosen {
+        ensure!(
+            all.iter().any(|s| s.name == name),
+            "no scenario {name:?}; there are {:?}",
+            all.iter().map(|s| s.name).collect::<Vec<_>>()
+        );
+    }
+    let picked: Vec<&Scenario> = all
+        .iter()
+        .filter(|s| chosen.is_empty() || chosen.iter().any(|c| c == s.name))
+        .filter(|s| !quick || s.quick)
+        .collect();
+    std::fs::create_dir_all(out)?;
+    let mut outcomes = Vec::new();
+    for s in picked {
+        eprintln!("chaos: {} ({})", s.name, s.what);
+        let outcome = run_scenario(s, o).with_context(|| format!("scenario {}", s.name))?;
+        for f in &outcome.failures {
+            eprintln!("chaos: FAILED {f}");
+        }
+        outcomes.push(outcome);
+    }
+    let report = json!({
+        "date": crate::run_output(std::process::Command::new("date").arg("-u").arg("+%Y-%m-%dT%H:%M:%SZ"))?.trim(),
+        "machine": machine()?,
+        "versions": {
+            "tandem": env!("CARGO_PKG_VERSION"),
+            "strongswan": crate::run_output(std::process::Command::new("dpkg-query").args(["-W", "-f", "${Version}", "strongswan-charon"]))?.trim(),
+        },
+        "peer": {
+            "ike_proposal": o.peer_ike_proposal,
+            "esp_proposal": o.peer_esp_proposal,
+            "dpd_s": o.peer_dpd.as_secs(),
+            "ike_lifetime_s": o.peer_ike_lifetime.as_secs(),
+            "child_lifetime_s": o.peer_child_lifetime.as_secs(),
+        },
+        "thresholds": {
+            "planned_gap_ms": ms(o.thresholds.planned_gap),
+            "planned_lost_per_direction": o.thresholds.planned_lost,
+            "unplanned_gap_ms": ms(o.thresholds.unplanned_gap),
+        },
+        "scenarios": outcomes.iter().map(Outcome::json).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(out.join("timeline.svg"), svg(&outcomes))?;
+    print!("{}", table(&outcomes));
+    println!(
+        "report: {}, picture: {}",
+        out.join("report.json").display(),
+        out.join("timeline.svg").display()
+    );
+    Ok(outcomes.iter().all(Outcome::passed))
+}
+
+fn machine() -> anyhow::Result<String> {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = crate::run_output(std::process::Command::new("uname").arg("-sr"))?;
+    Ok(format!("{cpus} CPUs, {}", kernel.trim()))
+}
+
+/// The terminal table.
+pub fn table(outcomes: &[Outcome]) -> String {
+    let mut t = String::from(
+        "scenario           gap ms  sent    lost  dup  IKE SA kept  dual-sender ms  redundancy ms  TCP Mbit/s  result\n",
+    );
+    for o in outcomes {
+        let _ = writeln!(
+            t,
+            "{:<18} {:>6}  {:>6}  {:>4}  {:>3}  {:<11}  {:>14}  {:>13}  {:>10}  {}",
+            o.name,
+            ms(o.gap),
+            o.sent,
+            o.lost,
+            o.duplicated,
+            if o.peer_ike_sa_kept { "yes" } else { "NO" },
+            ms(o.dual_sender),
+            o.redundancy_restored
+                .map_or_else(|| "-".to_owned(), |d| ms(d).to_string()),
+            o.tcp_mbits
+                .map_or_else(|| "-".to_owned(), |m| format!("{m:.0}")),
+            if o.passed() { "pass" } else { "FAIL" },
+        );
+    }
+    t
+}
+
+/// One panel per scenario: probe arrivals each way (bars, broken where
+/// probes stopped), which node held the tunnel's address, and the events.
+pub fn svg(outcomes: &[Outcome]) -> String {
+    const W: f64 = 1000.0;
+    const LEFT: f64 = 120.0;
+    const PANEL: f64 = 170.0;
+    let height = PANEL * outcomes.len() as f64 + 20.0;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"];
+    for (i, o) in outcomes.iter().enumerate() {
+        let t = &o.timeline;
+        let top = 20.0 + PANEL * i as f64;
+        let span = (t.end_us.saturating_sub(t.start_us)).max(1) as f64;
+        let x = |us: u64| LEFT + (W - LEFT - 10.0) * (us.saturating_sub(t.start_us) as f64 / span);
+        let _ = writeln!(
+            s,
+            "<text x=\"4\" y=\"{}\" font-weight=\"bold\">{} — gap {} ms, {} lost, {}</text>",
+            top,
+            o.name,
+            ms(o.gap),
+            o.lost,
+            if o.passed() { "pass" } else { "FAIL" }
+        );
+        let mut row = |label: &str, y: f64, arrivals: &[u64]| {
+            let _ = writeln!(s, "<text x=\"4\" y=\"{}\">{label}</text>", y + 10.0);
+            for (a, b) in runs(arrivals) {
+                let _ = writeln!(
+                    s,
+                    "<rect x=\"{:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"12\" fill=\"#4c9a2a\"/>",
+                    x(a),
+                    (x(b) - x(a)).max(0.5)
+                );
+            }
+        };
+        row("probes peer→LAN", top + 10.0, &t.up);
+        row("probes LAN→peer", top + 28.0, &t.down);
+        let nodes: BTreeSet<usize> = t.senders.iter().map(|(_, n)| *n).collect();
+        for (k, node) in nodes.iter().enumerate() {
+            let y = top + 50.0 + 16.0 * k as f64;
+            let _ = writeln!(
+                s,
+                "<text x=\"4\" y=\"{}\">node {node} sends ESP</text>",
+                y + 10.0
+            );
+            let sent: Vec<u64> = t
+                .senders
+                .iter()
+                .filter(|(_, n)| n == node)
+                .map(|(at, _)| *at)
+                .collect();
+            for (a, b) in runs(&sent) {
+                let _ = writeln!(
+                    s,
+                    "<rect x=\"{:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"12\" fill=\"{}\"/>",
+                    x(a),
+                    (x(b) - x(a)).max(0.5),
+                    colours[(node - 1) % colours.len()]
+                );
+            }
+        }
+        for (k, (at, what)) in t.events.iter().enumerate() {
+            let ex = x(*at);
+            let _ = writeln!(
+                s,
+                "<line x1=\"{ex:.1}\" y1=\"{}\" x2=\"{ex:.1}\" y2=\"{}\" stroke=\"red\"/>\n<text x=\"{:.1}\" y=\"{}\" fill=\"red\">{}</text>",
+                top + 5.0,
+                top + PANEL - 25.0,
+                ex + 2.0,
+                top + PANEL - 40.0 + 10.0 * (k % 3) as f64,
+                xml_escape(what)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{LEFT}\" y=\"{}\" fill=\"#555\">{:.1} s</text>",
+            top + PANEL - 8.0,
+            span / 1e6
+        );
+    }
+    s + "</svg>\n"
+}
+
+/// Times closer than 5 ms to the previous one, as (first, last) bars.
+fn runs(times: &[u64]) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &t in times {
+        match runs.last_mut() {
+            Some((_, end)) if t.saturating_sub(*end) < 5_000 => *end = t,
+            _ => runs.push((t, t)),
+        }
+    }
+    runs
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(planned: bool, gap_ms: u64, lost: u64) -> Outcome {
+        Outcome {
+            name: "x".into(),
+            planned,
+            what: String::new(),
+            gap: Duration::from_millis(gap_ms),
+            sent: 20_000,
+            lost,
+            duplicated: 0,
+            peer_ike_sa_kept: true,
+            peer_replay_errors: 0,
+            peer_integrity_errors: 0,
+            dual_sender: Duration::ZERO,
+            redundancy_restored: Some(Duration::from_secs(2)),
+            tcp_mbits: None,
+            failures: Vec::new(),
+            timeline: Timeline::default(),
+        }
+    }
+
+    #[test]
+    fn thresholds_fail_a_scenario_naming_the_figure() {
+        let t = Thresholds::default();
+        let mut ok = outcome(true, 30, 1);
+        ok.judge(&t);
+        assert!(ok.passed(), "{:?}", ok.failures);
+        let mut slow = outcome(true, 60, 0);
+        slow.judge(&t);
+        assert_eq!(slow.failures, ["x: gap 60 ms, planned limit under 50 ms"]);
+        let mut unplanned = outcome(false, 600, 120);
+        unplanned.judge(&t);
+        assert!(unplanned.passed());
+        // A deliberately tightened threshold fails the same figures.
+        unplanned.judge(&Thresholds {
+            unplanned_gap: Duration::from_millis(500),
+            ..t
+        });
+        assert_eq!(
+            unplanned.failures,
+            ["x: gap 600 ms, unplanned limit under 500 ms"]
+        );
+    }
+
+    #[test]
+    fn interleaved_senders_are_measured_and_a_clean_switch_is_not() {
+        let esp = |micros, mac: &str| crate::EspSeen {
+            micros,
+            mac: mac.into(),
+            from: format!("{}.4500", HaSite::VIP),
+            spi: 7,
+            seq: 0,
+        };
+        let clean = [esp(1, "a"), esp(2, "a"), esp(500, "b"), esp(501, "b")];
+        assert_eq!(dual_sender(&clean), Duration::ZERO);
+        let mixed = [esp(1, "a"), esp(100, "b"), esp(350, "a"), esp(400, "b")];
+        assert_eq!(dual_sender(&mixed), Duration::from_micros(250));
+    }
+}
