@@ -295,6 +295,8 @@ pub struct Lab<'a> {
     pub site: &'a HaSite,
     pub cluster: Cluster,
     pub peer: Charon,
+    /// The gateways' side of the tunnel, to restart a member with.
+    gw_side: Tunnel,
     events: Vec<(u64, String)>,
 }
 
@@ -317,12 +319,11 @@ impl Lab<'_> {
         self.cluster.crash(&self.site.nodes[id as usize - 1], id)?;
         self.mark(&format!("member {id} killed"));
         std::thread::sleep(RESTART_AFTER);
-        let tunnel = gateway_tunnel(self.site);
         let witness = self.cluster.members[&id].witness;
         self.cluster.start(
             &self.site.nodes[id as usize - 1],
             id,
-            (!witness).then_some(&tunnel),
+            (!witness).then_some(&self.gw_side),
         )?;
         self.mark(&format!("member {id} restarted"));
         Ok(())
@@ -361,11 +362,8 @@ impl Lab<'_> {
     }
 }
 
-/// The gateway side of the tunnel every scenario runs.
-fn gateway_tunnel(site: &HaSite) -> Tunnel {
-    peer_tunnel(site, &Options::default()).mirrored()
-}
-
+/// The device's side of the tunnel every scenario runs: the gateways run its
+/// mirror image.
 fn peer_tunnel(site: &HaSite, o: &Options) -> Tunnel {
     let mut t = site.tunnel(CONN, &o.peer_ike_proposal, &o.peer_esp_proposal);
     t.dpd_delay = o.peer_dpd;
@@ -447,14 +445,26 @@ pub fn run_scenario(s: &Scenario, o: &Options) -> anyhow::Result<Outcome> {
     let site = HaSite::new((s.layout.0 + s.layout.1) as usize)?;
     let dir = site.dir.path().to_path_buf();
     let mut cluster = site.cluster(s.layout.0, s.layout.1, "")?;
-    site.start_members(&mut cluster, &gateway_tunnel(&site))?;
-    let peer = Charon::start(&site.peer, &dir, &peer_tunnel(&site, o))?;
-    peer.initiate(CONN)?;
+    let peer_side = peer_tunnel(&site, o);
+    let gw_side = peer_side.mirrored();
+    site.start_members(&mut cluster, &gw_side)?;
+    // The device runs the configuration Tandem writes for it (`tandemd
+    // peer-config`), its key in the file that configuration names; with
+    // start_action = start it connects once loaded.
+    let swanctl = cluster.node(1).peer_config(CONN, "swanctl")?;
+    let psk = format!("secret = \"{}\"\n", peer_side.psk);
+    let peer = Charon::start_conf(
+        &site.peer,
+        &dir,
+        &swanctl,
+        &[(&format!("{CONN}.psk.conf"), &psk)],
+    )?;
     let before = peer.wait_established()?;
     let mut lab = Lab {
         site: &site,
         cluster,
         peer,
+        gw_side,
         events: Vec::new(),
     };
     wait_for("full redundancy before the event", REDUNDANCY_WAIT, || {
@@ -552,8 +562,9 @@ pub fn run_scenario(s: &Scenario, o: &Options) -> anyhow::Result<Outcome> {
         duplicated: up.duplicated + down.duplicated,
         peer_ike_sa_kept: (after.spi_i.as_str(), after.spi_r.as_str())
             == (before.spi_i.as_str(), before.spi_r.as_str()),
-        peer_replay_errors: count(&["replay"]),
-        peer_integrity_errors: count(&["ICV", "integrity", "verification failed"]),
+        // What strongSwan's userspace ESP (libipsec) logs for each.
+        peer_replay_errors: count(&["ESP sequence number verification failed"]),
+        peer_integrity_errors: count(&["ESP decryption or ICV verification failed"]),
         dual_sender: dual_sender(&esp),
         redundancy_restored: restored,
         tcp_mbits: tcp,

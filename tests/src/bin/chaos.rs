@@ -39,10 +39,11 @@ enum Cmd {
         /// The device's DPD delay, seconds (0: off).
         #[arg(long, default_value_t = 10)]
         peer_dpd: u64,
-        /// The device's IKE SA rekey time, seconds.
+        /// The tunnel's IKE SA lifetime, seconds (Tandem rekeys within it;
+        /// the device's configuration, from peer-config, 10% later).
         #[arg(long, default_value_t = 8 * 3600)]
         peer_ike_lifetime: u64,
-        /// The device's child SA rekey time, seconds.
+        /// The tunnel's child SA lifetime, seconds (likewise).
         #[arg(long, default_value_t = 3600)]
         peer_child_lifetime: u64,
         /// Planned events must stop traffic for less than this, ms.
