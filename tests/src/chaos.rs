@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::cluster::Cluster;
 use crate::ha::HaSite;
 use crate::probe::{self, Flow, now_us};
-use crate::{Capture, Charon, Netns, Proc, SiteToSite, Tandemd, Tunnel, unique, wait_for};
+use crate::{Capture, Charon, Netns, Proc, SiteToSite, Tunnel, unique, wait_for};
 
 const CONN: &str = "site-a";
 /// Probes a second, each way.
@@ -537,7 +537,7 @@ pub fn run_scenario(s: &Scenario, o: &Options) -> anyhow::Result<Outcome> {
     }
     let senders: Vec<(u64, usize)> = esp
         .iter()
-        .filter(|e| e.from == format!("{}.4500", HaSite::VIP))
+        .filter(|e| e.sent_from(HaSite::VIP))
         .filter_map(|e| Some((e.micros, *macs.get(&e.mac)?)))
         .collect();
     let after = lab.peer.wait_established()?;
@@ -580,12 +580,7 @@ pub fn run_scenario(s: &Scenario, o: &Options) -> anyhow::Result<Outcome> {
     };
     outcome.judge(&o.thresholds);
     let Lab { cluster, peer, .. } = lab;
-    let mut namespaces = vec![site.peer.name().to_owned(), site.lan.name().to_owned()];
-    namespaces.extend(site.nodes.iter().map(|n| n.name().to_owned()));
-    let mut pids = vec![peer.pid()];
-    pids.extend(cluster.running.values().map(Tandemd::pid));
-    drop((peer, cluster, site));
-    crate::check_gone(&namespaces, &pids)?;
+    site.tear_down(cluster, peer)?;
     Ok(outcome)
 }
 
@@ -593,24 +588,18 @@ pub fn run_scenario(s: &Scenario, o: &Options) -> anyhow::Result<Outcome> {
 /// address, interleaved: for each SA, from the new sender's first packet to
 /// the old sender's last, when the old one sent after the new one started.
 pub fn dual_sender(seen: &[crate::EspSeen]) -> Duration {
-    let from_vip: Vec<_> = seen
-        .iter()
-        .filter(|e| e.from == format!("{}.4500", HaSite::VIP))
-        .collect();
     let mut total = 0;
-    for spi in from_vip.iter().map(|e| e.spi).collect::<BTreeSet<_>>() {
-        let of_sa: Vec<_> = from_vip.iter().filter(|e| e.spi == spi).collect();
-        let macs: BTreeSet<&str> = of_sa.iter().map(|e| e.mac.as_str()).collect();
-        for a in &macs {
-            for b in macs.iter().filter(|b| b != &a) {
-                let first_b = of_sa.iter().find(|e| e.mac == *b).map(|e| e.micros);
-                let last_a = of_sa.iter().rev().find(|e| e.mac == *a).map(|e| e.micros);
-                let first_a = of_sa.iter().find(|e| e.mac == *a).map(|e| e.micros);
-                if let (Some(fb), Some(la), Some(fa)) = (first_b, last_a, first_a)
-                    && fa < fb
-                    && la > fb
-                {
-                    total += la - fb;
+    for of_sa in crate::esp_by_sa(seen, HaSite::VIP).values() {
+        // Each sender's first and last packet of the SA.
+        let mut spans: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        for e in of_sa {
+            let span = spans.entry(&e.mac).or_insert((e.micros, e.micros));
+            *span = (span.0.min(e.micros), span.1.max(e.micros));
+        }
+        for &(first_a, last_a) in spans.values() {
+            for &(first_b, _) in spans.values() {
+                if first_a < first_b && last_a > first_b {
+                    total += last_a - first_b;
                 }
             }
         }

@@ -191,14 +191,14 @@ impl Cluster {
     }
 
     /// `tandemctl ARGS...` against member `id` must fail with a message
-    /// that contains `says`.
+    /// that contains `says`; returns what tandemctl said.
     pub fn tandemctl_refuses(
         &self,
         ns: &Netns,
         id: u64,
         args: &[&str],
         says: &str,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<String> {
         let refused = self
             .tandemctl(ns, id, args)
             .err()
@@ -208,7 +208,10 @@ impl Cluster {
             refused.contains(says),
             "tandemctl {args:?} should fail naming {says:?}: {refused:?}"
         );
-        Ok(())
+        Ok(refused
+            .split_once("tandemctl: ")
+            .map(|(_, m)| m.trim().to_owned())
+            .unwrap_or_default())
     }
 
     /// `tandemctl ARGS...` against any `endpoint`, whose certificate should

@@ -104,6 +104,17 @@ impl HaSite {
         )
     }
 
+    /// Stops everything (the peer, the members, the namespaces) and checks
+    /// nothing is left running.
+    pub fn tear_down(self, c: crate::cluster::Cluster, peer: crate::Charon) -> anyhow::Result<()> {
+        let mut namespaces = vec![self.peer.name().to_owned(), self.lan.name().to_owned()];
+        namespaces.extend(self.nodes.iter().map(|n| n.name().to_owned()));
+        let mut pids = vec![peer.pid()];
+        pids.extend(c.running.values().map(crate::Tandemd::pid));
+        drop((peer, c, self));
+        crate::check_gone(&namespaces, &pids)
+    }
+
     /// Takes node `i`'s cluster link down (`up` false) or back up.
     pub fn cluster_link(&self, i: usize, up: bool) -> anyhow::Result<()> {
         let state = if up { "up" } else { "down" };

@@ -1312,6 +1312,25 @@ pub struct EspSeen {
     pub seq: u32,
 }
 
+impl EspSeen {
+    /// Whether it left `addr`'s NAT-T port.
+    pub fn sent_from(&self, addr: &str) -> bool {
+        self.from.strip_suffix(".4500") == Some(addr)
+    }
+}
+
+/// The ESP packets `addr` sent, by SA (outbound SPI), in capture order.
+pub fn esp_by_sa<'a>(
+    seen: &'a [EspSeen],
+    addr: &str,
+) -> std::collections::BTreeMap<u32, Vec<&'a EspSeen>> {
+    let mut by_sa = std::collections::BTreeMap::<u32, Vec<&EspSeen>>::new();
+    for e in seen.iter().filter(|e| e.sent_from(addr)) {
+        by_sa.entry(e.spi).or_default().push(e);
+    }
+    by_sa
+}
+
 impl Capture {
     /// Captures UDP 4500 on `iface` in `ns`, line by line into `dir`.
     pub fn start(ns: &Netns, iface: &str, dir: &Path) -> anyhow::Result<Capture> {

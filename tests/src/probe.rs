@@ -5,6 +5,7 @@
 //! both stamp with the wall clock, which namespaces share.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -58,7 +59,7 @@ pub fn receive(bind: SocketAddr, out: &Path, duration: Duration) -> anyhow::Resu
             Ok(n) if n >= 8 => {
                 let mut seq = [0u8; 8];
                 seq.copy_from_slice(&buf[..8]);
-                lines += &format!("{} {}\n", u64::from_be_bytes(seq), now_us());
+                let _ = writeln!(lines, "{} {}", u64::from_be_bytes(seq), now_us());
             }
             Ok(_) => {}
             Err(e)

@@ -17,9 +17,7 @@ use std::collections::BTreeSet;
 use tandem_tests::cluster::Cluster;
 use tandem_tests::ha::HaSite;
 
-use tandem_tests::{
-    BackgroundPing, Capture, Charon, SiteToSite, Tunnel, check_gone, ping, serial, wait_for,
-};
+use tandem_tests::{BackgroundPing, Capture, Charon, SiteToSite, Tunnel, ping, serial, wait_for};
 
 const CONN: &str = "site-a";
 const PING_INTERVAL: Duration = Duration::from_millis(10);
@@ -65,13 +63,8 @@ fn tear_down(
     peer: Charon,
     result: anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut namespaces = vec![site.peer.name().to_owned(), site.lan.name().to_owned()];
-    namespaces.extend(site.nodes.iter().map(|n| n.name().to_owned()));
-    let mut pids = vec![peer.pid()];
-    pids.extend(c.running.values().map(|t| t.pid()));
-    drop((peer, c, site));
-    result?;
-    check_gone(&namespaces, &pids)
+    let gone = site.tear_down(c, peer);
+    result.and(gone)
 }
 
 /// strongSwan connects; the standby holds the child SA; traffic flows.
@@ -451,13 +444,9 @@ fn cut_off_the_owner(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::R
         || Ok(c.view(2)?["owners"][CONN].as_u64().filter(|o| *o != 1)),
     )?;
     let seen = capture.stop()?;
-    let from_vip: Vec<_> = seen
-        .iter()
-        .filter(|e| e.from == format!("{}.4500", HaSite::VIP))
-        .collect();
+    let by_sa = tandem_tests::esp_by_sa(&seen, HaSite::VIP);
     let mut senders = Vec::new();
-    for spi in from_vip.iter().map(|e| e.spi).collect::<BTreeSet<_>>() {
-        let of_sa: Vec<_> = from_vip.iter().filter(|e| e.spi == spi).collect();
+    for (&spi, of_sa) in &by_sa {
         // In capture order the sending machine may change once, never back.
         let mut macs: Vec<&str> = of_sa.iter().map(|e| e.mac.as_str()).collect();
         macs.dedup();
@@ -488,7 +477,7 @@ fn cut_off_the_owner(site: &HaSite, c: &mut Cluster, peer: &Charon) -> anyhow::R
     ensure!(
         !senders.is_empty(),
         "no SA changed sender in the capture ({} packets from the VIP)",
-        from_vip.len()
+        by_sa.values().map(Vec::len).sum::<usize>()
     );
     println!(
         "owner cut off from the cluster: {} of {} pings lost, longest silence {gap:?}; \
@@ -782,17 +771,10 @@ fn live_changes(site: &HaSite, c: &Cluster, peer: &Charon, site_b: &Tunnel) -> a
         ),
     ] {
         let file = write("bad.toml", &text)?;
-        let refused = ctl(&["apply", "--file", &file])
-            .err()
-            .map(|e| format!("{e:#}"))
-            .unwrap_or_default();
-        let message = refused
-            .split_once("tandemctl: ")
-            .map(|(_, m)| m.trim().to_owned())
-            .unwrap_or_default();
+        let message = c.tandemctl_refuses(&site.nodes[2], 1, &["apply", "--file", &file], says)?;
         ensure!(
             message.contains(says) && !message.contains('\n'),
-            "{what}: tandemctl apply should fail in one line naming {says:?}: {refused:?}"
+            "{what}: tandemctl apply should fail in one line naming {says:?}: {message:?}"
         );
         println!("{what}: {message}");
     }

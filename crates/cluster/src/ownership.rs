@@ -39,7 +39,6 @@ pub fn place(
     }
 }
 
-/// Every tunnel's name: the ones with owners and the ones configured here.
 /// The tunnels a gateway runs: those of its configuration file, as the
 /// cluster overrides them (added, or removed).
 pub fn configured_tunnels(state: &ClusterState, files: &[String]) -> Vec<String> {
@@ -58,6 +57,7 @@ pub fn configured_tunnels(state: &ClusterState, files: &[String]) -> Vec<String>
     tunnels.into_iter().collect()
 }
 
+/// Every tunnel's name: the ones with owners and the ones configured here.
 fn all_tunnels(state: &ClusterState, configured: &[String]) -> BTreeSet<String> {
     state
         .owners

@@ -148,11 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = AdminClient::new(connect(&cli).await?);
     match cli.command {
         Cmd::Status { json } => {
-            let status = client
-                .status(StatusRequest {})
-                .await
-                .map_err(refused)?
-                .into_inner();
+            let status = status(&mut client).await?;
             if json {
                 println!("{}", status_json(&status)?);
             } else {
@@ -160,11 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Tunnels { json } => {
-            let status = client
-                .status(StatusRequest {})
-                .await
-                .map_err(refused)?
-                .into_inner();
+            let status = status(&mut client).await?;
             let rows = tunnel_rows(&status);
             if json {
                 println!("{}", serde_json::Value::Array(rows));
@@ -173,11 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Sas { json } => {
-            let status = client
-                .status(StatusRequest {})
-                .await
-                .map_err(refused)?
-                .into_inner();
+            let status = status(&mut client).await?;
             let detail: serde_json::Value = serde_json::from_str(&status.detail_json)
                 .context("the member sent unreadable SA details")?;
             let sas = detail["ike_sas"].clone();
@@ -369,6 +357,15 @@ fn describe_action(v: &serde_json::Value) -> String {
         return out;
     }
     format!("{v}\n")
+}
+
+/// The member's status: `status`, `tunnels` and `sas` all read it.
+async fn status(client: &mut AdminClient<Channel>) -> anyhow::Result<StatusReply> {
+    Ok(client
+        .status(StatusRequest {})
+        .await
+        .map_err(refused)?
+        .into_inner())
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Channel> {

@@ -140,7 +140,7 @@ impl Admin for Service {
         let result_json = self
             .run(Command::TunnelApply {
                 text: tandem_crypto::Secret::new(r.toml.into_bytes()),
-                psk: control::PskSource::Sent(
+                psk: crate::config::PskFiles::Sent(
                     r.psk_files
                         .into_iter()
                         .map(|(file, key)| (file, tandem_crypto::Secret::new(key)))

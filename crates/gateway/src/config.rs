@@ -92,7 +92,7 @@ pub enum Vip {
 }
 
 /// One configured tunnel: what the IKE endpoint needs plus the dataplane settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
     pub ike: ConnectionConfig,
     /// Inner prefixes behind the peer: routed into the TUN device.
@@ -133,19 +133,20 @@ impl Connection {
 }
 
 /// Where `psk_file` keys are read from.
-#[derive(Debug)]
-pub enum PskFiles<'a> {
-    /// This node's disk, relative to this directory (a config file's).
-    Disk(&'a Path),
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PskFiles {
+    /// This node's disk, relative to this directory (a config file's, or
+    /// the file `tandemd ctl apply` names).
+    Dir(PathBuf),
     /// Sent by tandemctl, which read them on the operator's machine: by the
     /// `psk_file` value that names each.
-    Sent(&'a BTreeMap<String, Secret>),
+    Sent(BTreeMap<String, Secret>),
 }
 
-impl PskFiles<'_> {
+impl PskFiles {
     fn read(&self, key: &str, file: &Path) -> Result<Secret, ConfigError> {
         match self {
-            PskFiles::Disk(base) => read_psk_file(key, &base.join(file)),
+            PskFiles::Dir(base) => read_psk_file(key, &base.join(file)),
             PskFiles::Sent(files) => files
                 .get(file.to_string_lossy().as_ref())
                 .map(|key| Secret::from_slice(key.expose().trim_ascii_end()))
@@ -174,9 +175,21 @@ pub fn parse_tunnels(
     if raw.connections.is_empty() {
         return Err(err("connection", "nothing to apply: no [[connection]]"));
     }
+    validate_connections(raw.connections, psk, listen, current)
+}
+
+/// Validates `[[connection]]` tables: each by itself, their names unique,
+/// and their remote selectors overlapping neither each other nor those of
+/// the `current` tunnels they do not replace.
+fn validate_connections(
+    raws: Vec<RawConnection>,
+    psk: &PskFiles,
+    listen: &[IpAddr],
+    current: &[&Connection],
+) -> Result<Vec<Connection>, ConfigError> {
     let mut names = BTreeSet::new();
-    let mut tunnels = Vec::with_capacity(raw.connections.len());
-    for (i, raw) in raw.connections.into_iter().enumerate() {
+    let mut tunnels = Vec::with_capacity(raws.len());
+    for (i, raw) in raws.into_iter().enumerate() {
         let key = format!("connection[{i}]");
         if !names.insert(raw.name.clone()) {
             return Err(err(
@@ -576,20 +589,12 @@ impl RawConfig {
             max_half_open: ike.max_half_open.unwrap_or(defaults.max_half_open),
         };
 
-        let mut names = BTreeSet::new();
-        let mut connections = Vec::with_capacity(self.connections.len());
-        for (i, raw) in self.connections.into_iter().enumerate() {
-            let key = format!("connection[{i}]");
-            if !names.insert(raw.name.clone()) {
-                return Err(err(
-                    format!("{key}.name"),
-                    format!("duplicate name {:?}", raw.name),
-                ));
-            }
-            let conn = raw.validate(&key, &PskFiles::Disk(base), &listen)?;
-            connections.push(conn);
-        }
-        check_overlaps(&connections.iter().collect::<Vec<_>>())?;
+        let connections = validate_connections(
+            self.connections,
+            &PskFiles::Dir(base.to_owned()),
+            &listen,
+            &[],
+        )?;
 
         Ok(Config {
             node_name: self.node.name,
@@ -1037,8 +1042,7 @@ child_lifetime = "10m"
                 .replace("site-a", "site-b")
                 .replace("10.1.0.0/16", "10.3.0.0/16")
         );
-        let none = BTreeMap::new();
-        let sent = PskFiles::Sent(&none);
+        let sent = PskFiles::Sent(BTreeMap::new());
         let t = parse_tunnels(&site_b, &sent, &config.listen, &current).unwrap();
         assert_eq!(t[0].ike.name, "site-b");
         assert_eq!(t[0].remote_prefixes, [("10.3.0.0".parse().unwrap(), 16)]);
@@ -1072,7 +1076,7 @@ child_lifetime = "10m"
         )]);
         let t = parse_tunnels(
             &site_b.replace("psk = \"a-long-test-secret\"", "psk_file = \"b.psk\""),
-            &PskFiles::Sent(&sent_key),
+            &PskFiles::Sent(sent_key),
             &config.listen,
             &current,
         )

@@ -40,7 +40,7 @@ pub enum Command {
     /// (a `Secret`: they may hold a key inline, and never reach a log).
     TunnelApply {
         text: Secret,
-        psk: PskSource,
+        psk: crate::config::PskFiles,
     },
     /// A tunnel to remove through the cluster.
     TunnelRemove(String),
@@ -49,15 +49,6 @@ pub enum Command {
         tunnel: String,
         format: crate::peer_config::Format,
     },
-}
-
-/// Where the `psk_file`s of applied tunnels are read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PskSource {
-    /// On this node, relative to this directory (`tandemd ctl apply FILE`).
-    Dir(std::path::PathBuf),
-    /// Read by tandemctl on the operator's machine, by `psk_file` value.
-    Sent(std::collections::BTreeMap<String, Secret>),
 }
 
 impl Command {
@@ -152,7 +143,7 @@ impl Command {
                     .to_owned();
                 Ok(Command::TunnelApply {
                     text,
-                    psk: PskSource::Dir(dir),
+                    psk: crate::config::PskFiles::Dir(dir),
                 })
             }
             "remove-tunnel" => Ok(Command::TunnelRemove(

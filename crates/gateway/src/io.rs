@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::UdpSocket;
@@ -71,6 +71,16 @@ impl std::fmt::Debug for SystemIo {
     }
 }
 
+impl SystemIo {
+    async fn remove_routes(&self, prefixes: impl IntoIterator<Item = &(IpAddr, u8)>) {
+        for &(addr, len) in prefixes {
+            if let Err(e) = self.routes.remove(addr, len).await {
+                tracing::warn!(error = %e, "stale route left");
+            }
+        }
+    }
+}
+
 impl Io for SystemIo {
     async fn send_udp(&self, local: SocketAddr, remote: SocketAddr, datagram: &[u8]) {
         let Some(socket) = self.sockets.get(&local) else {
@@ -98,11 +108,8 @@ impl Io for SystemIo {
 
     async fn configure(&self, conn: &Connection, old: Option<&Connection>) {
         let before = old.map_or(&[][..], |o| &o.remote_prefixes[..]);
-        for &(addr, len) in before.iter().filter(|p| !conn.remote_prefixes.contains(p)) {
-            if let Err(e) = self.routes.remove(addr, len).await {
-                tracing::warn!(error = %e, "stale route left");
-            }
-        }
+        self.remove_routes(before.iter().filter(|p| !conn.remote_prefixes.contains(p)))
+            .await;
         for &(addr, len) in &conn.remote_prefixes {
             if let Err(e) = self.routes.add(addr, len).await {
                 tracing::error!(tunnel = %conn.ike.name, error = %e, "cannot route the tunnel's prefixes");
@@ -113,11 +120,7 @@ impl Io for SystemIo {
     }
 
     async fn unconfigure(&self, conn: &Connection) {
-        for &(addr, len) in &conn.remote_prefixes {
-            if let Err(e) = self.routes.remove(addr, len).await {
-                tracing::warn!(error = %e, "stale route left");
-            }
-        }
+        self.remove_routes(&conn.remote_prefixes).await;
         self.addresses.down(&conn.ike.name).await;
         self.addresses.set(&conn.ike.name, None);
     }

@@ -797,7 +797,7 @@ impl<I: Io> Node<I> {
     async fn configure(&mut self, conn: Connection, now: Instant, live: bool) {
         let name = conn.ike.name.clone();
         let old = self.tunnels.get(&name).cloned();
-        if old.as_ref().is_some_and(|o| o.spec() == conn.spec()) {
+        if old.as_ref() == Some(&conn) {
             return;
         }
         let owned = self.owned.contains(&name);
@@ -880,27 +880,26 @@ impl<I: Io> Node<I> {
         reply: tokio::sync::oneshot::Sender<Result<String, String>>,
     ) {
         let current: Vec<&Connection> = self.tunnels.values().collect();
-        let changes = match cmd {
-            Command::TunnelApply { text, psk } => {
-                let files = match &psk {
-                    crate::control::PskSource::Dir(dir) => crate::config::PskFiles::Disk(dir),
-                    crate::control::PskSource::Sent(sent) => crate::config::PskFiles::Sent(sent),
-                };
-                std::str::from_utf8(text.expose())
-                    .map_err(|_| "the tunnels to apply are not UTF-8 text".to_owned())
-                    .and_then(|text| {
-                        crate::config::parse_tunnels(text, &files, &self.listen, &current)
-                            .map_err(|e| e.to_string())
-                    })
-                    .map(|tunnels| {
-                        tunnels
-                            .iter()
-                            .map(|t| Change::TunnelUpsert(Box::new(t.spec())))
-                            .collect::<Vec<_>>()
-                    })
-            }
+        // The changes to commit, and what the operator is told of them.
+        let request = match cmd {
+            Command::TunnelApply { text, psk } => std::str::from_utf8(text.expose())
+                .map_err(|_| "the tunnels to apply are not UTF-8 text".to_owned())
+                .and_then(|text| {
+                    crate::config::parse_tunnels(text, &psk, &self.listen, &current)
+                        .map_err(|e| e.to_string())
+                })
+                .map(|tunnels| {
+                    let names: Vec<&str> = tunnels.iter().map(|t| t.ike.name.as_str()).collect();
+                    let told = serde_json::json!({ "applied": names, "removed": [] });
+                    let changes = tunnels
+                        .iter()
+                        .map(|t| Change::TunnelUpsert(Box::new(t.spec())))
+                        .collect();
+                    (changes, told)
+                }),
             Command::TunnelRemove(name) if self.tunnels.contains_key(&name) => {
-                Ok(vec![Change::TunnelRemove { name }])
+                let told = serde_json::json!({ "applied": [], "removed": [&name] });
+                Ok((vec![Change::TunnelRemove { name }], told))
             }
             Command::TunnelRemove(name) => Err(format!(
                 "no tunnel {name:?}: the tunnels are {:?}",
@@ -909,28 +908,12 @@ impl<I: Io> Node<I> {
             _ => return,
         };
         tokio::spawn(async move {
-            let result = match changes {
-                Ok(changes) => {
-                    let (applied, removed): (Vec<_>, Vec<_>) = changes
-                        .iter()
-                        .map(|c| match c {
-                            Change::TunnelUpsert(spec) => (Some(spec.ike.name.clone()), None),
-                            Change::TunnelRemove { name } => (None, Some(name.clone())),
-                            _ => (None, None),
-                        })
-                        .unzip();
-                    cluster
-                        .propose(tandem_cluster::Command { changes })
-                        .await
-                        .map(|_| {
-                            serde_json::json!({
-                                "applied": applied.into_iter().flatten().collect::<Vec<_>>(),
-                                "removed": removed.into_iter().flatten().collect::<Vec<_>>(),
-                            })
-                            .to_string()
-                        })
-                        .map_err(|e| e.to_string())
-                }
+            let result = match request {
+                Ok((changes, told)) => cluster
+                    .propose(tandem_cluster::Command { changes })
+                    .await
+                    .map(|_| told.to_string())
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             };
             let _ = reply.send(result);
@@ -1214,9 +1197,9 @@ impl<I: Io> Node<I> {
             Command::RekeyIke(name) => self.endpoint.rekey_ike(now, name),
             Command::PeerConfig { tunnel, format } => {
                 return self
-                    .endpoint
-                    .config(tunnel)
-                    .map(|c| crate::peer_config::render(c, *format))
+                    .tunnels
+                    .get(tunnel)
+                    .map(|c| crate::peer_config::render(&c.ike, *format))
                     .ok_or_else(|| format!("no tunnel {tunnel:?} is configured here"));
             }
             Command::MemberAdd(..)

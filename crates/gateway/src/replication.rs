@@ -286,7 +286,7 @@ pub fn reserve(
             Ok(outcome) => match outcome
                 .granted
                 .into_iter()
-                .find(|g| g.outbound_spi == outbound_spi && g.block.node == cluster.id())
+                .find(|g| g.outbound_spi == outbound_spi)
             {
                 Some(grant) => Background::Reserved(grant),
                 None => {

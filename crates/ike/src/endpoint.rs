@@ -241,8 +241,7 @@ impl Endpoint {
         }
     }
 
-    /// The configuration of connection `name`.
-    pub fn config(&self, name: &str) -> Option<&ConnectionConfig> {
+    fn config(&self, name: &str) -> Option<&ConnectionConfig> {
         self.connections.iter().find(|c| c.name == name)
     }
 
