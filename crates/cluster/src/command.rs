@@ -15,8 +15,9 @@ use crate::state::TunnelSpec;
 
 /// Encoding version written by this build. 2: sequence reservations ask for
 /// a count (they named an absolute number), tunnels carry a [`TunnelSpec`],
-/// forwarded writes answer with an [`crate::Outcome`].
-pub const WIRE_VERSION: u16 = 2;
+/// forwarded writes answer with an [`crate::Outcome`]. 3: planned handovers
+/// start with [`Change::HandoverPrepared`].
+pub const WIRE_VERSION: u16 = 3;
 
 /// One Raft entry's worth of changes, applied atomically: everything one step of
 /// a gateway's IKE endpoint changed, so the reply it releases after the commit
@@ -100,6 +101,15 @@ pub enum Change {
         node: NodeId,
         seq: u64,
         padding: Vec<u8>,
+    },
+    /// A planned handover's first step: `to` takes the tunnel's addresses
+    /// (so the peer and the LAN send to it), holds the LAN traffic it cannot
+    /// seal yet, and proposes the [`Change::OwnerTransferred`] itself. No
+    /// state: a handover that never completes leaves `from` the owner.
+    HandoverPrepared {
+        tunnel: String,
+        from: NodeId,
+        to: NodeId,
     },
 }
 

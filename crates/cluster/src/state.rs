@@ -242,6 +242,9 @@ impl ClusterState {
                     *mark = (*mark).max(*highest);
                 }
             }
+            // An instruction to the new owner, which acts on it (see
+            // Change::HandoverPrepared); the transfer is what changes state.
+            Change::HandoverPrepared { .. } => {}
             Change::Probe { node, seq, .. } => {
                 let last = self.probes.entry(*node).or_insert(0);
                 *last = (*last).max(*seq);

@@ -310,6 +310,15 @@ impl Dataplane {
         }
     }
 
+    /// The `i`th packet of the last [`Dataplane::encapsulate`] if no SA's
+    /// selectors matched it (it is left as it came).
+    pub fn unmatched(&self, i: usize) -> Option<&[u8]> {
+        match self.results.get(i)? {
+            Err(tandem_esp::EspError::NoSelectorMatch) => Some(self.bufs.get(i)?.data()),
+            _ => None,
+        }
+    }
+
     /// Status of one IKE SA with its children's counters, for `tandemd ctl status`.
     /// Counters of a child SA's two halves, where installed.
     pub fn sa_stats(

@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use tandem_cluster::lease::{LeaseTiming, OwnLease};
 use tandem_cluster::ownership::Mode;
-use tandem_cluster::{Change, Cluster, StateEvent};
+use tandem_cluster::{Change, Cluster, NodeId, StateEvent};
 use tandem_crypto::{OsRandom, SecureRandom};
 use tandem_ike::endpoint::{ChildSa, Endpoint, Event, Transmit};
 use tokio::net::UdpSocket;
@@ -46,6 +46,16 @@ const METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Replay marks are synced every this many ticks (100 ms).
 const MARK_SYNC_TICKS: u64 = 5;
 
+/// At most this many LAN packets are held for a planned handover (about
+/// 2 s at 1,000 a second, 6 MB of full-size packets).
+const HELD_MAX: usize = 4096;
+/// The old owner of a planned handover that did not complete announces its
+/// addresses again this long after the new owner released them.
+const REANNOUNCE_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Each UDP socket's receive and send buffer (bytes).
+const SOCKET_BUFFER: usize = 4 << 20;
+
 /// Binds a UDP socket; in a cluster with IP_FREEBIND, so that every node
 /// listens on the tunnels' addresses before the address (the VIP) is moved
 /// to it.
@@ -60,6 +70,16 @@ fn bind_udp(addr: SocketAddr, freebind: bool) -> anyhow::Result<UdpSocket> {
             SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
             SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
         }
+    }
+    // Traffic arrives in bursts (a TCP window's worth at once) while the
+    // node may be busy with a commit or a takeover: Linux's default 208 KiB
+    // holds about 90 full-size ESP packets, and an overflow drops them.
+    socket.set_recv_buffer_size(SOCKET_BUFFER)?;
+    socket.set_send_buffer_size(SOCKET_BUFFER)?;
+    let got = socket.recv_buffer_size()?;
+    // Linux reports double what it grants; it grants at most rmem_max.
+    if got < SOCKET_BUFFER {
+        tracing::warn!(%addr, bytes = got / 2, wanted = SOCKET_BUFFER, "small UDP receive buffer: raise net.core.rmem_max (deploy/OPERATIONS.md)");
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -224,6 +244,9 @@ pub async fn serve<I: Io>(
         mode: config.cluster.as_ref().map(|c| c.mode).unwrap_or_default(),
         fenced: true,
         reserving: BTreeSet::new(),
+        incoming: BTreeMap::new(),
+        held: Vec::new(),
+        reannounce: BTreeMap::new(),
         marks_synced: BTreeMap::new(),
         background: background_tx,
         sa_counters: crate::telemetry::SaCounters::default(),
@@ -492,6 +515,16 @@ struct Node<I: Io> {
     fenced: bool,
     /// Outbound SPIs with a reservation being committed.
     reserving: BTreeSet<u32>,
+    /// Tunnels a planned handover is bringing to this node: it holds their
+    /// addresses, and the LAN traffic it cannot seal yet, until the
+    /// transfer is applied or the deadline passes.
+    incoming: BTreeMap<String, Instant>,
+    /// LAN packets held for `incoming` tunnels, in arrival order.
+    held: Vec<Vec<u8>>,
+    /// Tunnels this node is handing over in a planned handover: if it still
+    /// owns one at the deadline (the new owner never took it), it announces
+    /// the addresses again, which the new owner took and then released.
+    reannounce: BTreeMap<String, Instant>,
     /// Replay marks last synced, by inbound SPI.
     marks_synced: BTreeMap<u32, u64>,
     background: mpsc::UnboundedSender<Background>,
@@ -564,12 +597,28 @@ impl<I: Io> Node<I> {
                 Input::Inner(packet) => outbound.push(packet),
             }
         }
-        if !outbound.is_empty() && self.may_send(now) {
-            let n = self.dataplane.encapsulate(&outbound);
-            for i in 0..n {
-                if let Some((local, remote, datagram)) = self.dataplane.sealed(i) {
-                    self.io.send_udp(local, remote, datagram).await;
-                }
+        if !outbound.is_empty() {
+            self.seal_and_send(&outbound, now).await;
+        }
+    }
+
+    /// Seals and sends packets from the LAN. While a planned handover brings
+    /// a tunnel here, the packets no SA matches yet are held: the LAN sends
+    /// that tunnel's traffic here already, and it leaves once this node owns
+    /// the tunnel.
+    async fn seal_and_send(&mut self, packets: &[Vec<u8>], now: Instant) {
+        if !self.may_send(now) {
+            return;
+        }
+        let n = self.dataplane.encapsulate(packets);
+        for i in 0..n {
+            if let Some((local, remote, datagram)) = self.dataplane.sealed(i) {
+                self.io.send_udp(local, remote, datagram).await;
+            } else if !self.incoming.is_empty()
+                && self.held.len() < HELD_MAX
+                && let Some(inner) = self.dataplane.unmatched(i)
+            {
+                self.held.push(inner.to_vec());
             }
         }
     }
@@ -744,10 +793,43 @@ impl<I: Io> Node<I> {
                         .await;
                 }
                 Change::TunnelRemove { name } => self.unconfigure(&name).await,
+                Change::HandoverPrepared { tunnel, from, to }
+                    if live && self.replayed_to != u64::MAX =>
+                {
+                    self.prepare(tunnel, from, to, now).await;
+                }
                 _ => {}
             }
         }
         self.initiate_owned(now);
+    }
+
+    /// A planned handover's first step (see Change::HandoverPrepared): the new
+    /// owner takes the addresses and proposes the transfer; the old one keeps
+    /// running the tunnel until it applies the transfer.
+    async fn prepare(&mut self, tunnel: String, from: NodeId, to: NodeId, now: Instant) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        if cluster.read_state(|s| s.owners.get(&tunnel) != Some(&from)) {
+            return;
+        }
+        if to == self.id {
+            if self.owned.contains(&tunnel)
+                || !self.dataplane.knows(&tunnel)
+                || !self.may_send(now)
+            {
+                return;
+            }
+            tracing::info!(%tunnel, from, "planned handover to this node: addresses taken, LAN traffic held until the transfer");
+            self.incoming
+                .insert(tunnel.clone(), now + replication::HANDOVER_TIMEOUT);
+            self.io.address_up(&tunnel).await;
+            replication::transfer(cluster, tunnel, from, to);
+        } else if from == self.id && self.owned.contains(&tunnel) {
+            self.reannounce
+                .insert(tunnel, now + replication::HANDOVER_TIMEOUT + REANNOUNCE_AFTER);
+        }
     }
 
     /// Takes `tunnel` over or hands it over, as the applied state says: what
@@ -993,6 +1075,7 @@ impl<I: Io> Node<I> {
     /// need, and (when `sync_marks`) the replay marks of owned child SAs.
     async fn tick(&mut self, now: Instant, sync_marks: bool) {
         self.check_lease(now).await;
+        self.expire_handovers(now).await;
         let Some(cluster) = self.cluster.clone() else {
             return;
         };
@@ -1013,6 +1096,36 @@ impl<I: Io> Node<I> {
             if !marks.is_empty() {
                 self.marks_synced.extend(marks.iter().copied());
                 replication::sync_replay_marks(cluster, marks);
+            }
+        }
+    }
+
+    /// Planned handovers that did not complete in time: a new owner that never
+    /// got the tunnel releases its addresses and drops what it held; the old
+    /// owner, still running it, announces its addresses again.
+    async fn expire_handovers(&mut self, now: Instant) {
+        let due = |m: &BTreeMap<String, Instant>| -> Vec<String> {
+            m.iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(t, _)| t.clone())
+                .collect()
+        };
+        for tunnel in due(&self.incoming) {
+            self.incoming.remove(&tunnel);
+            if !self.owned.contains(&tunnel) {
+                tracing::warn!(%tunnel, "planned handover to this node not completed: addresses released");
+                self.io.address_down(&tunnel).await;
+            }
+        }
+        if self.incoming.is_empty() && !self.held.is_empty() {
+            tracing::warn!(count = self.held.len(), "held LAN packets dropped");
+            self.held.clear();
+        }
+        for tunnel in due(&self.reannounce) {
+            self.reannounce.remove(&tunnel);
+            if self.owned.contains(&tunnel) && self.may_send(now) {
+                tracing::warn!(%tunnel, "planned handover away from this node not completed: addresses announced again");
+                self.io.address_up(&tunnel).await;
             }
         }
     }
@@ -1099,12 +1212,20 @@ impl<I: Io> Node<I> {
         if self.may_send(now) {
             self.io.address_up(tunnel).await;
         }
+        if self.incoming.remove(tunnel).is_some() {
+            let held = std::mem::take(&mut self.held);
+            if !held.is_empty() {
+                tracing::debug!(%tunnel, count = held.len(), "sending the LAN packets held for the handover");
+                self.seal_and_send(&held, now).await;
+            }
+        }
     }
 
     /// Gives `tunnel` up to another node: forget its IKE SAs, stop sending
     /// ESP but keep decrypting (hot standby again), release the address.
     async fn hand_over(&mut self, tunnel: &str) {
         crate::telemetry::handed_over(tunnel);
+        self.reannounce.remove(tunnel);
         self.endpoint.forget(tunnel);
         if let Some(cluster) = &self.cluster {
             let children: Vec<ChildSa> = cluster.read_state(|state| {

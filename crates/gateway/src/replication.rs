@@ -306,11 +306,17 @@ pub fn reserve(
     });
 }
 
-/// Planned handover (DESIGN.md "Failover"): commits each tunnel's transfer
-/// with its final replay marks, then an empty entry at once, whose append
-/// carries the new commit index to every follower: the old owner (which stops
-/// sending) and the new one (which starts) apply the transfer within a
-/// millisecond of each other instead of at the next heartbeat. `cmd` is a
+/// How long a planned handover may take, from its first commit until every
+/// new owner runs its tunnels; the new owner gives up holding traffic
+/// after this too.
+pub const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Planned handover (DESIGN.md "Failover"), make before break: commits a
+/// [`Change::HandoverPrepared`] per tunnel with the final replay marks. Each
+/// new owner takes the addresses at once, so the peer and the LAN send to it
+/// while the old owner still runs the tunnel (it decrypts as hot standby and
+/// holds what it cannot seal yet), then proposes the transfer itself (see
+/// [`transfer`]). Waits until every new owner runs its tunnels. `cmd` is a
 /// handover (one tunnel to one node) or a drain (every tunnel of a node to
 /// wherever placement puts it among the other live gateways).
 pub fn handover(
@@ -370,47 +376,93 @@ pub fn handover(
                         .ok_or("no other gateway has a live lease")?,
                 };
                 if from != to {
-                    changes.push(Change::OwnerTransferred {
+                    changes.push(Change::HandoverPrepared {
                         tunnel: tunnel.clone(),
                         from,
                         to,
                     });
-                    // The new owner's first block comes with the transfer, so
-                    // it sends as soon as it applies it: no second commit in
-                    // the gap.
-                    for child in state.child_sas.values().filter(|c| c.connection == tunnel) {
-                        changes.push(Change::SeqBlockReserved {
-                            outbound_spi: child.outbound_spi,
-                            node: to,
-                            count: SEQ_BLOCK,
-                        });
-                    }
-                    moved.push(serde_json::json!({"tunnel": tunnel, "from": from, "to": to}));
+                    moved.push((tunnel, from, to));
                 }
             }
+            let report: Vec<_> = moved
+                .iter()
+                .map(|(tunnel, from, to)| serde_json::json!({"tunnel": tunnel, "from": from, "to": to}))
+                .collect();
             if moved.is_empty() {
-                return Ok(serde_json::json!({ "moved": moved }).to_string());
+                return Ok(serde_json::json!({ "moved": report }).to_string());
             }
             let started = tandem_cluster::now();
             cluster
                 .propose(Command { changes })
                 .await
                 .map_err(|e| e.to_string())?;
-            let committed = tandem_cluster::since(started);
-            cluster
-                .propose(Command {
-                    changes: Vec::new(),
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+            let deadline = started + HANDOVER_TIMEOUT;
+            loop {
+                let pending: Vec<String> = cluster.read_state(|s| {
+                    moved
+                        .iter()
+                        .filter(|(tunnel, _, to)| s.owners.get(tunnel) != Some(to))
+                        .map(|(tunnel, _, to)| format!("{tunnel} to node {to}"))
+                        .collect()
+                });
+                if pending.is_empty() {
+                    break;
+                }
+                if tandem_cluster::now() >= deadline {
+                    return Err(format!(
+                        "handover not completed within {} s: {}",
+                        HANDOVER_TIMEOUT.as_secs(),
+                        pending.join(", ")
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
             Ok(serde_json::json!({
-                "moved": moved,
-                "commit_us": committed.as_micros(),
+                "moved": report,
+                "commit_us": tandem_cluster::since(started).as_micros(),
             })
             .to_string())
         }
         .await;
         let _ = reply.send(result);
+    });
+}
+
+/// The new owner's half of a planned handover: commits the transfer with its
+/// first sequence-number block (so it sends as soon as it applies it, no
+/// second commit in the gap), then an empty entry at once, whose append
+/// carries the new commit index to every follower: the old owner (which
+/// stops sending) and the new one apply the transfer within a millisecond of
+/// each other instead of at the next heartbeat.
+pub fn transfer(cluster: Arc<Cluster>, tunnel: String, from: NodeId, to: NodeId) {
+    tokio::spawn(async move {
+        let mut changes = vec![Change::OwnerTransferred {
+            tunnel: tunnel.clone(),
+            from,
+            to,
+        }];
+        changes.extend(cluster.read_state(|s| {
+            s.child_sas
+                .values()
+                .filter(|c| c.connection == tunnel)
+                .map(|child| Change::SeqBlockReserved {
+                    outbound_spi: child.outbound_spi,
+                    node: to,
+                    count: SEQ_BLOCK,
+                })
+                .collect::<Vec<_>>()
+        }));
+        let done = async {
+            cluster.propose(Command { changes }).await?;
+            cluster
+                .propose(Command {
+                    changes: Vec::new(),
+                })
+                .await
+        };
+        if let Err(e) = done.await {
+            tracing::warn!(%tunnel, error = %e, "planned handover: transfer not committed");
+        }
     });
 }
 
