@@ -42,6 +42,12 @@ pub trait Io: 'static {
     fn address_up(&self, tunnel: &str) -> impl Future<Output = ()>;
     /// This node no longer sends for `tunnel`.
     fn address_down(&self, tunnel: &str) -> impl Future<Output = ()>;
+    /// This node still sends for `tunnel`, periodically while its lease
+    /// holds: the addresses' lifetimes start again, and with `announce` the
+    /// neighbours hear it again. (Only tandemd's addresses expire.)
+    fn address_refresh(&self, _tunnel: &str, _announce: bool) -> impl Future<Output = ()> {
+        async {}
+    }
     /// A tunnel is configured live, new or changed from `old`: its inner
     /// routes and addresses follow. (The simulator's and the demo's tunnels
     /// are fixed.)
@@ -104,6 +110,10 @@ impl Io for SystemIo {
 
     async fn address_down(&self, tunnel: &str) {
         self.addresses.down(tunnel).await;
+    }
+
+    async fn address_refresh(&self, tunnel: &str, announce: bool) {
+        self.addresses.refresh(tunnel, announce).await;
     }
 
     async fn configure(&self, conn: &Connection, old: Option<&Connection>) {

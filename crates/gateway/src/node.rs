@@ -247,6 +247,7 @@ pub async fn serve<I: Io>(
         incoming: BTreeMap::new(),
         held: Vec::new(),
         reannounce: BTreeMap::new(),
+        addresses_renewed: tandem_cluster::now(),
         marks_synced: BTreeMap::new(),
         background: background_tx,
         sa_counters: crate::telemetry::SaCounters::default(),
@@ -525,6 +526,8 @@ struct Node<I: Io> {
     /// owns one at the deadline (the new owner never took it), it announces
     /// the addresses again, which the new owner took and then released.
     reannounce: BTreeMap<String, Instant>,
+    /// When the owned tunnels' addresses were last renewed.
+    addresses_renewed: Instant,
     /// Replay marks last synced, by inbound SPI.
     marks_synced: BTreeMap<u32, u64>,
     background: mpsc::UnboundedSender<Background>,
@@ -815,9 +818,7 @@ impl<I: Io> Node<I> {
             return;
         }
         if to == self.id {
-            if self.owned.contains(&tunnel)
-                || !self.dataplane.knows(&tunnel)
-                || !self.may_send(now)
+            if self.owned.contains(&tunnel) || !self.dataplane.knows(&tunnel) || !self.may_send(now)
             {
                 return;
             }
@@ -827,8 +828,10 @@ impl<I: Io> Node<I> {
             self.io.address_up(&tunnel).await;
             replication::transfer(cluster, tunnel, from, to);
         } else if from == self.id && self.owned.contains(&tunnel) {
-            self.reannounce
-                .insert(tunnel, now + replication::HANDOVER_TIMEOUT + REANNOUNCE_AFTER);
+            self.reannounce.insert(
+                tunnel,
+                now + replication::HANDOVER_TIMEOUT + REANNOUNCE_AFTER,
+            );
         }
     }
 
@@ -1032,6 +1035,7 @@ impl<I: Io> Node<I> {
                 }
                 self.lease.renewed(&self.lease_timing, sent);
                 self.check_lease(now).await;
+                self.renew_addresses(now).await;
             }
             Background::Reserved(g) => {
                 self.reserving.remove(&g.outbound_spi);
@@ -1068,6 +1072,24 @@ impl<I: Io> Node<I> {
             } else {
                 self.io.address_up(&tunnel).await;
             }
+        }
+    }
+
+    /// Renews the owned tunnels' addresses (see crate::vip): only on a lease
+    /// renewal, so a node that cannot renew its lease lets them expire. A
+    /// tunnel being handed over is not announced: the new owner has its
+    /// addresses now.
+    async fn renew_addresses(&mut self, now: Instant) {
+        if !self.lease.valid(now)
+            || now.saturating_duration_since(self.addresses_renewed) < crate::vip::REFRESH_EVERY
+        {
+            return;
+        }
+        self.addresses_renewed = now;
+        for tunnel in &self.owned {
+            self.io
+                .address_refresh(tunnel, !self.reannounce.contains_key(tunnel))
+                .await;
         }
     }
 

@@ -3,15 +3,22 @@
 //! netlink and announce it with gratuitous ARP so the segment's neighbours
 //! (the peer's router) switch at once; or call an operator's hook script for
 //! clouds that move addresses by API.
+//!
+//! A Linux VIP has a lifetime the owner renews while its lease holds, so
+//! the kernel of a node that stopped without removing it (frozen, killed)
+//! drops it by itself: otherwise that kernel goes on answering ARP for the
+//! address and sends ARP requests from it, which turn the neighbours back
+//! to a node that cannot serve them. The owner also announces its addresses
+//! again with each renewal, so a neighbour turned away comes back soon.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::TryStreamExt as _;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, CacheInfo};
 use rtnetlink::packet_route::link::LinkAttribute;
 
 use crate::config::{Config, Vip};
@@ -26,6 +33,13 @@ const GARP_AT: [Duration; 4] = [
     Duration::from_millis(250),
     Duration::from_millis(1100),
 ];
+
+/// The lifetime of a Linux VIP (seconds, the kernel's unit), renewed every
+/// [`REFRESH_EVERY`]: a node that stops renewing loses the address 2-3 s
+/// later, when the kernel's next lifetime check finds it expired.
+const LIFETIME_S: u32 = 2;
+/// How often an owner renews its addresses and announces them again.
+pub const REFRESH_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 enum VipMover {
@@ -91,13 +105,7 @@ impl VipMover {
                 mac,
                 prefix_len,
             } => {
-                let added = handle
-                    .address()
-                    .add(*ifindex, addr, *prefix_len)
-                    .replace()
-                    .execute()
-                    .await;
-                match added {
+                match add(handle, *ifindex, addr, *prefix_len).await {
                     Ok(()) => tracing::info!(%addr, %interface, "VIP added"),
                     Err(e) => {
                         tracing::error!(%addr, %interface, error = %e, "cannot add VIP");
@@ -107,19 +115,30 @@ impl VipMover {
                 // IPv6 would want an unsolicited neighbour advertisement:
                 // not done yet.
                 if let IpAddr::V4(v4) = addr {
-                    let (ifindex, mac) = (*ifindex, *mac);
-                    tokio::spawn(async move {
-                        let mut last = Duration::ZERO;
-                        for at in GARP_AT {
-                            tokio::time::sleep(at - last).await;
-                            last = at;
-                            if let Err(e) = garp::announce(ifindex, mac, v4) {
-                                tracing::warn!(%addr, error = %e, "gratuitous ARP failed");
-                            }
-                        }
-                    });
+                    announce(*ifindex, *mac, v4, &GARP_AT);
                 }
             }
+        }
+    }
+
+    /// This node still owns `addr`: a new lifetime, and with `announce` one
+    /// gratuitous ARP.
+    async fn refresh(&self, addr: IpAddr, announce: bool) {
+        let VipMover::Linux {
+            handle,
+            interface,
+            ifindex,
+            mac,
+            prefix_len,
+        } = self
+        else {
+            return;
+        };
+        if let Err(e) = add(handle, *ifindex, addr, *prefix_len).await {
+            tracing::error!(%addr, %interface, error = %e, "cannot renew VIP");
+        }
+        if let (true, IpAddr::V4(v4)) = (announce, addr) {
+            self::announce(*ifindex, *mac, v4, &[Duration::ZERO]);
         }
     }
 
@@ -166,6 +185,41 @@ impl VipMover {
             }
         }
     }
+}
+
+/// Sends a gratuitous ARP for `ip` at each of `at` from now, on the
+/// blocking pool: closing a packet socket waits for an RCU grace period,
+/// milliseconds that would stall the main loop's packets.
+fn announce(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, at: &'static [Duration]) {
+    tokio::spawn(async move {
+        let mut last = Duration::ZERO;
+        for &when in at {
+            tokio::time::sleep(when - last).await;
+            last = when;
+            match tokio::task::spawn_blocking(move || garp::announce(ifindex, mac, ip)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(%ip, error = %e, "gratuitous ARP failed"),
+                Err(e) => tracing::warn!(%ip, error = %e, "gratuitous ARP task failed"),
+            }
+        }
+    });
+}
+
+/// Adds `addr`, or renews it, with a lifetime of [`LIFETIME_S`].
+async fn add(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    addr: IpAddr,
+    prefix_len: u8,
+) -> Result<(), rtnetlink::Error> {
+    let mut req = handle.address().add(ifindex, addr, prefix_len).replace();
+    let mut lifetime = CacheInfo::default();
+    lifetime.ifa_preferred = LIFETIME_S;
+    lifetime.ifa_valid = LIFETIME_S;
+    req.message_mut()
+        .attributes
+        .push(AddressAttribute::CacheInfo(lifetime));
+    req.execute().await
 }
 
 /// Each tunnel's addresses that move with it: its outer address (the VIP
@@ -228,6 +282,16 @@ impl TunnelAddresses {
             self.outer.up(outer).await;
             if let Some(lan) = lan {
                 self.lan.up(lan).await;
+            }
+        }
+    }
+
+    /// This node still sends for `tunnel` (see [`VipMover::refresh`]).
+    pub async fn refresh(&self, tunnel: &str, announce: bool) {
+        if let Some((outer, lan)) = self.addresses(tunnel) {
+            self.outer.refresh(outer, announce).await;
+            if let Some(lan) = lan {
+                self.lan.refresh(lan, announce).await;
             }
         }
     }
