@@ -85,6 +85,9 @@ pub struct Scenario {
     pub layout: (u64, u64),
     /// Part of `--quick`.
     pub quick: bool,
+    /// Probing after the event (scenarios that wait for a peer's
+    /// retransmission, or fail twice, need longer than [`AFTER`]).
+    pub after: Duration,
     pub what: &'static str,
     run: fn(&mut Lab<'_>) -> anyhow::Result<()>,
 }
@@ -97,6 +100,7 @@ pub fn scenarios() -> Vec<Scenario> {
             planned: true,
             layout: (3, 0),
             quick: true,
+            after: AFTER,
             what: "tandemctl handover of the tunnel to gateway 2",
             run: |lab| lab.ctl(&["handover", "--tunnel", CONN, "--to", "2"]),
         },
@@ -105,6 +109,7 @@ pub fn scenarios() -> Vec<Scenario> {
             planned: true,
             layout: (3, 0),
             quick: false,
+            after: AFTER,
             what: "tandemctl drain of the owner",
             run: |lab| lab.ctl(&["drain", "1"]),
         },
@@ -113,6 +118,7 @@ pub fn scenarios() -> Vec<Scenario> {
             planned: false,
             layout: (3, 0),
             quick: true,
+            after: AFTER,
             what: "kill -9 of the owner; its service manager restarts it 1 s later",
             run: |lab| lab.crash_and_restart(1),
         },
@@ -121,6 +127,7 @@ pub fn scenarios() -> Vec<Scenario> {
             planned: false,
             layout: (3, 0),
             quick: false,
+            after: AFTER,
             what: "SIGSTOP of the owner for 5 s, then SIGCONT",
             run: |lab| {
                 let pid = lab.cluster.node(1).pid().to_string();
@@ -137,6 +144,7 @@ pub fn scenarios() -> Vec<Scenario> {
             planned: false,
             layout: (3, 0),
             quick: true,
+            after: AFTER,
             what: "the owner's cluster link down for 5 s (its outer link stays up)",
             run: |lab| {
                 lab.site.cluster_link(1, false)?;
@@ -152,6 +160,7 @@ pub fn scenarios() -> Vec<Scenario> {
             planned: false,
             layout: (3, 0),
             quick: false,
+            after: AFTER,
             what: "kill -9 of the Raft leader while another gateway owns the tunnel",
             run: |lab| {
                 let mut leader = lab.cluster.leader()?;
@@ -170,8 +179,61 @@ pub fn scenarios() -> Vec<Scenario> {
             planned: false,
             layout: (2, 1),
             quick: false,
+            after: AFTER,
             what: "kill -9 of the witness of 2 gateways + witness; restarted 1 s later",
             run: |lab| lab.crash_and_restart(3),
+        },
+        Scenario {
+            name: "child-rekey-owner-lost",
+            planned: false,
+            layout: (3, 0),
+            quick: false,
+            after: Duration::from_secs(12),
+            what: "the owner stops and is killed with the peer's CREATE_CHILD_SA (child rekey) unanswered; the new owner answers the retransmission",
+            run: |lab| lab.fail_mid_rekey("child"),
+        },
+        Scenario {
+            name: "ike-rekey-owner-lost",
+            planned: false,
+            layout: (3, 0),
+            quick: false,
+            after: Duration::from_secs(12),
+            what: "the owner stops and is killed with the peer's CREATE_CHILD_SA (IKE rekey) unanswered; the new owner answers the retransmission",
+            run: |lab| lab.fail_mid_rekey("ike"),
+        },
+        Scenario {
+            name: "two-failures",
+            planned: false,
+            layout: (3, 0),
+            quick: false,
+            after: Duration::from_secs(12),
+            what: "kill -9 of the owner, restarted 1 s later; once redundancy is back, kill -9 of the new owner",
+            run: |lab| {
+                let first = lab.owner()?;
+                lab.crash_and_restart(first)?;
+                lab.wait_redundant()?;
+                lab.mark("redundant again");
+                let second = lab.owner()?;
+                lab.crash_and_restart(second)
+            },
+        },
+        Scenario {
+            name: "disk-wiped",
+            planned: false,
+            layout: (3, 0),
+            quick: false,
+            after: AFTER,
+            what: "kill -9 of the owner, its data directory deleted, restarted 1 s later: it rejoins from the others",
+            run: |lab| {
+                let owner = lab.owner()?;
+                lab.crash(owner)?;
+                let data = &lab.cluster.members[&owner].data_dir;
+                std::fs::remove_dir_all(data)
+                    .with_context(|| format!("cannot delete {}", data.display()))?;
+                lab.mark(&format!("member {owner}'s data deleted"));
+                std::thread::sleep(RESTART_AFTER);
+                lab.restart(owner)
+            },
         },
     ]
 }
@@ -316,9 +378,19 @@ impl Lab<'_> {
     /// A crash under a service manager: kill -9, the addresses released,
     /// and a restart `RESTART_AFTER` later.
     fn crash_and_restart(&mut self, id: u64) -> anyhow::Result<()> {
+        self.crash(id)?;
+        std::thread::sleep(RESTART_AFTER);
+        self.restart(id)
+    }
+
+    /// kill -9 and what the service manager runs after it.
+    fn crash(&mut self, id: u64) -> anyhow::Result<()> {
         self.cluster.crash(&self.site.nodes[id as usize - 1], id)?;
         self.mark(&format!("member {id} killed"));
-        std::thread::sleep(RESTART_AFTER);
+        Ok(())
+    }
+
+    fn restart(&mut self, id: u64) -> anyhow::Result<()> {
         let witness = self.cluster.members[&id].witness;
         self.cluster.start(
             &self.site.nodes[id as usize - 1],
@@ -326,6 +398,63 @@ impl Lab<'_> {
             (!witness).then_some(&self.gw_side),
         )?;
         self.mark(&format!("member {id} restarted"));
+        Ok(())
+    }
+
+    /// The tunnel's owner, as the first running gateway sees it.
+    fn owner(&self) -> anyhow::Result<u64> {
+        let asker = self
+            .cluster
+            .running
+            .keys()
+            .find(|id| !self.cluster.members[id].witness)
+            .context("no gateway running")?;
+        self.cluster.view(*asker)?["owners"][CONN]
+            .as_u64()
+            .context("the tunnel has no owner")
+    }
+
+    fn wait_redundant(&self) -> anyhow::Result<()> {
+        wait_for("full redundancy", REDUNDANCY_WAIT, || {
+            Ok(self.redundant()?.then_some(()))
+        })
+    }
+
+    /// The owner stops (SIGSTOP) and the peer starts a `kind` rekey, whose
+    /// request reaches a node that never answers; then the owner is killed
+    /// and restarted. The peer retransmits to the tunnel's address, now the
+    /// new owner's, which must complete the rekey on the same IKE SA.
+    fn fail_mid_rekey(&mut self, kind: &str) -> anyhow::Result<()> {
+        let count = |log: &str| {
+            let c = crate::rekey_count(log);
+            if kind == "ike" { c.ike } else { c.child }
+        };
+        let before = count(&self.peer.log());
+        let owner = self.owner()?;
+        let pid = self.cluster.node(owner).pid().to_string();
+        crate::run_output(std::process::Command::new("kill").args(["-STOP", &pid]))?;
+        self.mark(&format!("member {owner} stopped"));
+        // The device's names: its IKE SA's (peer-config's connection) and
+        // its child's (the tunnel's).
+        let name = if kind == "ike" {
+            self.peer.wait_established()?.name
+        } else {
+            CONN.to_owned()
+        };
+        let mut swanctl = self.peer.start_rekey(kind, &name)?;
+        self.mark(&format!("the peer starts a {kind} rekey"));
+        // The request is on the stopped owner's socket before it dies.
+        std::thread::sleep(Duration::from_millis(100));
+        self.crash_and_restart(owner)?;
+        let done = wait_for(
+            &format!("the peer's {kind} rekey"),
+            Duration::from_secs(20),
+            || Ok((count(&self.peer.log()) > before).then_some(())),
+        );
+        let _ = swanctl.kill();
+        let _ = swanctl.wait();
+        done?;
+        self.mark(&format!("{kind} rekey completed"));
         Ok(())
     }
 
@@ -460,6 +589,10 @@ pub fn run_scenario(s: &Scenario, o: &Options) -> anyhow::Result<Outcome> {
         &[(&format!("{CONN}.psk.conf"), &psk)],
     )?;
     let before = peer.wait_established()?;
+    let (established_before, ike_rekeys_before) = {
+        let log = peer.log();
+        (established(&log), crate::rekey_count(&log).ike)
+    };
     let mut lab = Lab {
         site: &site,
         cluster,
@@ -472,7 +605,7 @@ pub fn run_scenario(s: &Scenario, o: &Options) -> anyhow::Result<Outcome> {
     })?;
 
     let capture = Capture::start(&lab.site.peer, "br0", &dir)?;
-    let secs = BEFORE + AFTER;
+    let secs = BEFORE + s.after;
     let up = Stream::start(
         &lab.site.peer,
         &lab.site.lan,
@@ -560,8 +693,12 @@ pub fn run_scenario(s: &Scenario, o: &Options) -> anyhow::Result<Outcome> {
         sent: up.sent + down.sent,
         lost: up.lost + down.lost,
         duplicated: up.duplicated + down.duplicated,
-        peer_ike_sa_kept: (after.spi_i.as_str(), after.spi_r.as_str())
-            == (before.spi_i.as_str(), before.spi_r.as_str()),
+        // Never set up afresh: the IKE SA the peer has is the one it had,
+        // or that one rekeyed.
+        peer_ike_sa_kept: established(&log) == established_before
+            && ((after.spi_i.as_str(), after.spi_r.as_str())
+                == (before.spi_i.as_str(), before.spi_r.as_str())
+                || crate::rekey_count(&log).ike > ike_rekeys_before),
         // What strongSwan's userspace ESP (libipsec) logs for each.
         peer_replay_errors: count(&["ESP sequence number verification failed"]),
         peer_integrity_errors: count(&["ESP decryption or ICV verification failed"]),
@@ -584,22 +721,47 @@ pub fn run_scenario(s: &Scenario, o: &Options) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
+/// IKE SAs charon set up from scratch (IKE_SA_INIT), as its log says: a
+/// rekeyed one is logged as "rekeyed between" instead.
+fn established(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("IKE_SA ") && l.contains(" established between "))
+        .count()
+}
+
+/// Packets of one sender less than this apart belong to one stretch of
+/// sending: at 1000 probes a second a sender that is running an SA is
+/// never silent this long.
+const SENDING_STRETCH_GAP: u64 = 100_000;
+
 /// How long two machines sent ESP for the same SA from the tunnel's
-/// address, interleaved: for each SA, from the new sender's first packet to
-/// the old sender's last, when the old one sent after the new one started.
+/// address at once: each sender's stretches of sending (packets less than
+/// [`SENDING_STRETCH_GAP`] apart), and the time two senders' stretches
+/// overlap. A clean switch, and a switch back after a second failure, are
+/// none.
 pub fn dual_sender(seen: &[crate::EspSeen]) -> Duration {
     let mut total = 0;
     for of_sa in crate::esp_by_sa(seen, HaSite::VIP).values() {
-        // Each sender's first and last packet of the SA.
-        let mut spans: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        let mut stretches: Vec<(&str, u64, u64)> = Vec::new();
+        let mut by_sender: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
         for e in of_sa {
-            let span = spans.entry(&e.mac).or_insert((e.micros, e.micros));
-            *span = (span.0.min(e.micros), span.1.max(e.micros));
+            by_sender.entry(&e.mac).or_default().push(e.micros);
         }
-        for &(first_a, last_a) in spans.values() {
-            for &(first_b, _) in spans.values() {
-                if first_a < first_b && last_a > first_b {
-                    total += last_a - first_b;
+        for (mac, mut times) in by_sender {
+            times.sort_unstable();
+            let mut start = times[0];
+            for pair in times.windows(2) {
+                if pair[1] - pair[0] >= SENDING_STRETCH_GAP {
+                    stretches.push((mac, start, pair[0]));
+                    start = pair[1];
+                }
+            }
+            stretches.push((mac, start, times[times.len() - 1]));
+        }
+        for (i, a) in stretches.iter().enumerate() {
+            for b in &stretches[i + 1..] {
+                if a.0 != b.0 {
+                    total += a.2.min(b.2).saturating_sub(a.1.max(b.1));
                 }
             }
         }
@@ -863,5 +1025,15 @@ mod tests {
         assert_eq!(dual_sender(&clean), Duration::ZERO);
         let mixed = [esp(1, "a"), esp(100, "b"), esp(350, "a"), esp(400, "b")];
         assert_eq!(dual_sender(&mixed), Duration::from_micros(250));
+        // Two failovers, a to b and back to a: never both at once.
+        let back = [
+            esp(1, "a"),
+            esp(2, "a"),
+            esp(500_000, "b"),
+            esp(500_001, "b"),
+            esp(1_000_000, "a"),
+            esp(1_000_001, "a"),
+        ];
+        assert_eq!(dual_sender(&back), Duration::ZERO);
     }
 }

@@ -724,6 +724,18 @@ impl Charon {
             .map(drop)
     }
 
+    /// Starts `swanctl --rekey` of the child SA or IKE SA `name` without
+    /// waiting for it: for a rekey the gateway may be slow to answer.
+    pub fn start_rekey(&self, kind: &str, name: &str) -> anyhow::Result<std::process::Child> {
+        let uri = format!("unix://{}/run/charon.vici", self.dir.display());
+        Command::new("swanctl")
+            .args(["--rekey", &format!("--{kind}"), name, "--uri", &uri])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start swanctl --rekey")
+    }
+
     /// Rekeys the child SA `child`, or the IKE SA `name`, and waits for it.
     pub fn rekey(&self, kind: &str, name: &str) -> anyhow::Result<()> {
         self.swanctl(&["--rekey", &format!("--{kind}"), name])
@@ -846,7 +858,7 @@ pub struct RekeyCount {
 /// between ..." (ike level 0); a replaced child passes through the REKEYED
 /// state exactly once ("CHILD_SA x{N} state change: REKEYING => REKEYED",
 /// chd level 2).
-fn rekey_count(log: &str) -> RekeyCount {
+pub fn rekey_count(log: &str) -> RekeyCount {
     RekeyCount {
         ike: log
             .lines()
