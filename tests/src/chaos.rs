@@ -114,6 +114,25 @@ pub fn scenarios() -> Vec<Scenario> {
             run: |lab| lab.ctl(&["drain", "1"]),
         },
         Scenario {
+            name: "rolling-restart",
+            planned: true,
+            layout: (3, 0),
+            quick: false,
+            after: Duration::from_secs(20),
+            what: "an upgrade: each gateway in turn drained, stopped (SIGTERM), restarted, and back in full redundancy",
+            run: |lab| {
+                for id in 1..=3 {
+                    lab.ctl_at(id % 3 + 1, &["drain", &id.to_string()])?;
+                    lab.cluster.stop(&lab.site.nodes[id as usize - 1], id)?;
+                    lab.mark(&format!("member {id} stopped"));
+                    lab.restart(id)?;
+                    lab.wait_redundant()?;
+                    lab.mark("redundant again");
+                }
+                Ok(())
+            },
+        },
+        Scenario {
             name: "kill-owner",
             planned: false,
             layout: (3, 0),
@@ -136,6 +155,23 @@ pub fn scenarios() -> Vec<Scenario> {
                 std::thread::sleep(Duration::from_secs(5));
                 crate::run_output(std::process::Command::new("kill").args(["-CONT", &pid]))?;
                 lab.mark("owner continued");
+                Ok(())
+            },
+        },
+        Scenario {
+            name: "outer-link-down",
+            planned: false,
+            layout: (3, 0),
+            quick: false,
+            after: AFTER,
+            what: "the owner's outer link down for 5 s (no carrier; its cluster link stays up)",
+            run: |lab| {
+                let owner = lab.owner()?;
+                lab.site.outer_link(owner as usize, false)?;
+                lab.mark(&format!("member {owner}'s outer link down"));
+                std::thread::sleep(Duration::from_secs(5));
+                lab.site.outer_link(owner as usize, true)?;
+                lab.mark(&format!("member {owner}'s outer link up"));
                 Ok(())
             },
         },
@@ -369,8 +405,15 @@ impl Lab<'_> {
 
     /// `tandemctl` against gateway 3 (which the scenarios leave running).
     fn ctl(&mut self, args: &[&str]) -> anyhow::Result<()> {
-        self.mark(&format!("tandemctl {}", args[0]));
-        let out = self.cluster.tandemctl(&self.site.nodes[2], 3, args)?;
+        self.ctl_at(3, args)
+    }
+
+    /// `tandemctl` against member `id`.
+    fn ctl_at(&mut self, id: u64, args: &[&str]) -> anyhow::Result<()> {
+        self.mark(&format!("tandemctl {}", args.join(" ")));
+        let out = self
+            .cluster
+            .tandemctl(&self.site.nodes[id as usize - 1], id, args)?;
         self.mark(out.lines().next().unwrap_or_default());
         Ok(())
     }
@@ -483,9 +526,10 @@ impl Lab<'_> {
         let mut standing_by = true;
         for g in gateways.iter().filter(|g| **g != owner) {
             let s = self.cluster.node(*g).status()?;
-            standing_by &= s["standby_child_sas"]
-                .as_array()
-                .is_some_and(|a| !a.is_empty());
+            standing_by &= s["ready"] == true
+                && s["standby_child_sas"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty());
         }
         Ok(fresh && standing_by)
     }

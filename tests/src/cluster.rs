@@ -251,6 +251,14 @@ impl Cluster {
         t.release(ns)
     }
 
+    /// A graceful stop under a service manager: SIGTERM, then what the
+    /// manager runs after any exit.
+    pub fn stop(&mut self, ns: &Netns, id: u64) -> anyhow::Result<()> {
+        let mut t = self.running.remove(&id).context("not running")?;
+        t.terminate()?;
+        t.release(ns)
+    }
+
     pub fn node(&self, id: u64) -> &Tandemd {
         &self.running[&id]
     }

@@ -123,6 +123,17 @@ impl HaSite {
             .map(drop)
     }
 
+    /// Takes node `i`'s outer link down (`up` false) or back up, as a cable
+    /// or switch port would: its bridge port, so the node sees no carrier.
+    pub fn outer_link(&self, i: usize, up: bool) -> anyhow::Result<()> {
+        let state = if up { "up" } else { "down" };
+        // plug() names the two ends h<n> (the node's) and p<n> (the bridge's).
+        let port = self.node_ifs[i - 1].replacen('h', "p", 1);
+        self.peer
+            .run(&["ip", "link", "set", &port, state])
+            .map(drop)
+    }
+
     pub fn new(nodes: usize) -> anyhow::Result<HaSite> {
         require_environment()?;
         let dir = TempDir::new()?;

@@ -1156,6 +1156,14 @@ impl Tandemd {
         Ok(())
     }
 
+    /// A graceful stop (SIGTERM, as systemctl stop sends): it hands its
+    /// tunnels over and leadership away before it exits.
+    pub fn terminate(&mut self) -> anyhow::Result<()> {
+        run_output(Command::new("kill").args(["-TERM", &self.pid().to_string()]))?;
+        self.proc.wait(Duration::from_secs(10))?;
+        Ok(())
+    }
+
     /// What a service manager does after the daemon died, however it died
     /// (deploy/systemd: ExecStopPost): `tandemd release` in its namespace.
     pub fn release(&self, ns: &Netns) -> anyhow::Result<()> {

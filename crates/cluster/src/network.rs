@@ -155,8 +155,14 @@ impl RaftNetwork<TypeConfig> for Peer {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Forward {
     Write(Command),
-    AddLearner { id: NodeId, member: Member },
+    AddLearner {
+        id: NodeId,
+        member: Member,
+    },
     ChangeVoters(BTreeSet<NodeId>),
+    /// Stand for election now: a leader that is stopping asks a caught-up
+    /// voter, and votes for it (see Cluster::hand_leadership_over).
+    Elect,
 }
 
 /// Why a request failed where it was executed.
@@ -212,6 +218,18 @@ pub(crate) async fn execute(raft: &Raft, fwd: &Forward) -> Result<Outcome, Forwa
             .change_membership(ids.clone(), false)
             .await
             .map(|r| r.data),
+        Forward::Elect => {
+            return raft
+                .trigger()
+                .elect()
+                .await
+                .map(|()| Outcome::default())
+                .map_err(|e| ForwardFailure {
+                    not_leader: None,
+                    busy: false,
+                    message: e.to_string(),
+                });
+        }
     }
     .map_err(ForwardFailure::from_write)
 }

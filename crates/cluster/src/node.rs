@@ -36,6 +36,10 @@ pub struct ClusterConfig {
     pub timing: RaftTiming,
 }
 
+/// How long a member that restarted waits to hear from a leader before it
+/// may stand for election itself.
+const QUIET_START: Duration = Duration::from_secs(2);
+
 /// Raft timing; the defaults suit nodes on one LAN or availability zone.
 #[derive(Debug, Clone, Copy)]
 pub struct RaftTiming {
@@ -132,6 +136,32 @@ impl Cluster {
         let raft = Raft::new(cfg.id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
+        // A member that restarts with a vote (a term) on disk would stand
+        // for election before the leader's heartbeats reach it (the leader
+        // backs off from a member that was down), and its higher term
+        // deposes a healthy leader: a leaderless spell in which owners'
+        // leases lapse. It stands for none until it has heard from a leader,
+        // or for QUIET_START (the whole cluster restarting); it still votes.
+        if raft
+            .with_raft_state(|s| s.vote_ref().leader_id.term > 0)
+            .await
+            .unwrap_or(false)
+        {
+            raft.runtime_config().elect(false);
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                let mut metrics = raft.metrics();
+                let _ = tokio::time::timeout(QUIET_START, async {
+                    while metrics.borrow().current_leader.is_none() {
+                        if metrics.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                raft.runtime_config().elect(true);
+            });
+        }
         let listen_err = |e: &dyn std::fmt::Display| ClusterError::Listen {
             addr: cfg.listen,
             reason: e.to_string(),
@@ -276,6 +306,48 @@ impl Cluster {
         self.submit(Forward::ChangeVoters(voters), MEMBERSHIP_TIMEOUT)
             .await
             .map(drop)
+    }
+
+    /// If this node leads, has the most caught-up other voter stand for
+    /// election and waits (up to `within`) until it leads instead: a leader
+    /// that stops without this leaves the cluster without one for an
+    /// election timeout, long enough for owners' leases to lapse. This node
+    /// votes for the candidate: its own leader lease (openraft refuses votes
+    /// within one) dates from its election, long past.
+    pub async fn hand_leadership_over(&self, within: Duration) -> Result<(), ClusterError> {
+        let metrics = self.metrics();
+        if metrics.current_leader != Some(self.id) {
+            return Ok(());
+        }
+        let voters = self.voters();
+        let matched = metrics.replication.unwrap_or_default();
+        let Some(to) = voters
+            .iter()
+            .filter(|id| **id != self.id)
+            .max_by_key(|id| matched.get(id).copied().flatten().map(|l| l.index))
+            .copied()
+        else {
+            return Ok(());
+        };
+        let member = self
+            .members()
+            .remove(&to)
+            .ok_or_else(|| ClusterError::Config(format!("node {to} has no address")))?;
+        self.forward_to(to, &member, &Forward::Elect, within)
+            .await
+            .map_err(|r| match r {
+                Retry::Yes(e) | Retry::No(e) => e,
+            })?;
+        let mut watch = self.raft.metrics();
+        tokio::time::timeout(within, async {
+            while watch.borrow().current_leader == Some(self.id) {
+                if watch.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+        .map_err(|_| ClusterError::NoLeader)
     }
 
     /// Voter ids in the last applied membership.

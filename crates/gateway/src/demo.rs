@@ -262,20 +262,23 @@ fn start_gateway(config: Config, node: NodeId, world: &Shared) -> anyhow::Result
                 }
                 let _ = ready_tx.send(Ok(()));
                 let io = GatewayIo { node, world };
-                let stop = async {
-                    let _ = kill_rx.await;
-                };
-                if let Err(e) = node::serve(
+                let serving = node::serve(
                     &config,
                     Some(cluster),
                     io,
                     Box::new(OsRandom),
                     (input_rx, ctl_rx),
-                    stop,
-                )
-                .await
-                {
-                    eprintln!("gw{node} stopped: {e:#}");
+                    std::future::pending(),
+                );
+                // A kill is a crash, not a graceful stop (which would hand
+                // the tunnels over first): the node's future is dropped.
+                tokio::select! {
+                    result = serving => {
+                        if let Err(e) = result {
+                            eprintln!("gw{node} stopped: {e:#}");
+                        }
+                    }
+                    _ = kill_rx => {}
                 }
             });
             // Dropping the runtime here drops every task of the node.

@@ -48,6 +48,11 @@ pub trait Io: 'static {
     fn address_refresh(&self, _tunnel: &str, _announce: bool) -> impl Future<Output = ()> {
         async {}
     }
+    /// Whether the node's outer and LAN-side links are up: a gateway that
+    /// cannot reach the peer or the LAN hands its tunnels over.
+    fn links_up(&self) -> impl Future<Output = bool> {
+        async { true }
+    }
     /// A tunnel is configured live, new or changed from `old`: its inner
     /// routes and addresses follow. (The simulator's and the demo's tunnels
     /// are fixed.)
@@ -110,6 +115,10 @@ impl Io for SystemIo {
 
     async fn address_down(&self, tunnel: &str) {
         self.addresses.down(tunnel).await;
+    }
+
+    async fn links_up(&self) -> bool {
+        self.addresses.links_up().await
     }
 
     async fn address_refresh(&self, tunnel: &str, announce: bool) {

@@ -53,6 +53,11 @@ const HELD_MAX: usize = 4096;
 /// addresses again this long after the new owner released them.
 const REANNOUNCE_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// How long a stopping gateway waits for its tunnels to be handed over
+/// (one takes tens of milliseconds; a cluster without a quorum never does
+/// it, and the service manager waits for the stop).
+const STOP_HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Each UDP socket's receive and send buffer (bytes).
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -178,6 +183,7 @@ pub async fn serve<I: Io>(
     let (committed_tx, mut committed_rx) = mpsc::unbounded_channel();
     let (background_tx, mut background_rx) = mpsc::unbounded_channel();
     let mut state_rx = None;
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let lease_timing = config.cluster.as_ref().map(|c| c.lease).unwrap_or_default();
     if let (Some(cluster), Some(settings)) = (&cluster, &config.cluster) {
         tokio::spawn(replication::commit_steps(
@@ -198,6 +204,7 @@ pub async fn serve<I: Io>(
         tokio::spawn(replication::renew_leases(
             cluster.clone(),
             settings.lease,
+            healthy.clone(),
             background_tx.clone(),
         ));
         state_rx = cluster.take_events();
@@ -248,6 +255,8 @@ pub async fn serve<I: Io>(
         held: Vec::new(),
         reannounce: BTreeMap::new(),
         addresses_renewed: tandem_cluster::now(),
+        healthy,
+        stopping: false,
         marks_synced: BTreeMap::new(),
         background: background_tx,
         sa_counters: crate::telemetry::SaCounters::default(),
@@ -275,6 +284,7 @@ pub async fn serve<I: Io>(
     let mut ticks: u64 = 0;
     let mut metrics_tick = tokio::time::interval(METRICS_EVERY);
     metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut handing_over = None;
     loop {
         let deadline = node.endpoint.poll_timeout();
         tokio::select! {
@@ -324,13 +334,39 @@ pub async fn serve<I: Io>(
             }
             Some(event) = recv(&mut state_rx) => node.follow(event, tandem_cluster::now()).await,
             _ = metrics_tick.tick() => node.export_metrics(tandem_cluster::now()),
-            () = &mut stop => break,
+            () = &mut stop, if handing_over.is_none() => match node.begin_stop() {
+                Some(answer) => handing_over = Some(answer),
+                None => break,
+            },
+            done = async {
+                tokio::time::timeout(STOP_HANDOVER_WAIT, handing_over.as_mut().expect("guarded")).await
+            }, if handing_over.is_some() => {
+                match done {
+                    Ok(Ok(Ok(moved))) => tracing::info!(%moved, "stopping: tunnels handed over"),
+                    Ok(Ok(Err(e))) => tracing::warn!(error = %e, "stopping: handover failed; the lease lapses instead"),
+                    Ok(Err(_)) => {}
+                    Err(_) => tracing::warn!("stopping: handover still under way; the lease lapses instead"),
+                }
+                break;
+            }
         }
         node.flush().await;
     }
+    node.finish().await;
     tracing::info!("tandemd stopping");
     crate::notify::notify("STOPPING=1");
     Ok(())
+}
+
+/// See [`Cluster::hand_leadership_over`].
+async fn hand_leadership_over(cluster: &Cluster) {
+    match cluster
+        .hand_leadership_over(std::time::Duration::from_secs(1))
+        .await
+    {
+        Ok(()) => {}
+        Err(e) => tracing::warn!(error = %e, "stopping: leadership not handed over"),
+    }
 }
 
 /// Starts the admin gRPC API if `[cluster] admin_listen` asks for it; its
@@ -414,6 +450,7 @@ pub async fn serve_witness(
             () = &mut stop => break,
         }
     }
+    hand_leadership_over(&cluster).await;
     tracing::info!("tandemd stopping");
     crate::notify::notify("STOPPING=1");
 }
@@ -528,6 +565,10 @@ struct Node<I: Io> {
     reannounce: BTreeMap<String, Instant>,
     /// When the owned tunnels' addresses were last renewed.
     addresses_renewed: Instant,
+    /// Whether this node's links are up and it is not stopping; it renews
+    /// no lease while not (shared with the renewal task).
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+    stopping: bool,
     /// Replay marks last synced, by inbound SPI.
     marks_synced: BTreeMap<u32, u64>,
     background: mpsc::UnboundedSender<Background>,
@@ -1096,6 +1137,7 @@ impl<I: Io> Node<I> {
     /// The periodic work of a cluster gateway: lease, reservations ahead of
     /// need, and (when `sync_marks`) the replay marks of owned child SAs.
     async fn tick(&mut self, now: Instant, sync_marks: bool) {
+        self.check_links().await;
         self.check_lease(now).await;
         self.expire_handovers(now).await;
         let Some(cluster) = self.cluster.clone() else {
@@ -1119,6 +1161,79 @@ impl<I: Io> Node<I> {
                 self.marks_synced.extend(marks.iter().copied());
                 replication::sync_replay_marks(cluster, marks);
             }
+        }
+    }
+
+    /// A graceful stop (SIGTERM: an upgrade, a reboot): a cluster gateway
+    /// hands the tunnels it owns over first, as a drain would, and renews
+    /// its lease no more so none comes back. The answer comes once the new
+    /// owners run them (or the handover failed); None if there is nothing
+    /// to wait for.
+    fn begin_stop(&mut self) -> Option<tokio::sync::oneshot::Receiver<Result<String, String>>> {
+        let cluster = self.cluster.clone()?;
+        self.stopping = true;
+        self.healthy
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        if self.owned.is_empty() {
+            return None;
+        }
+        tracing::info!(tunnels = ?self.owned, "stopping: handing the tunnels over first");
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.handover(cluster, Command::Drain(self.id), reply);
+        Some(answer)
+    }
+
+    /// The last of a stop: the addresses this node still holds go, and a
+    /// leader hands leadership over, so the cluster need not wait an
+    /// election timeout to commit (owners' lease renewals among it).
+    async fn finish(&mut self) {
+        let held: BTreeSet<String> = self
+            .owned
+            .iter()
+            .chain(self.incoming.keys())
+            .cloned()
+            .collect();
+        if self.cluster.is_some() {
+            for tunnel in held {
+                self.io.address_down(&tunnel).await;
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            hand_leadership_over(cluster).await;
+        }
+    }
+
+    /// A gateway whose outer or LAN link goes down cannot serve its tunnels:
+    /// it drains itself (a planned handover, so the others need not wait for
+    /// its lease to lapse) and renews no lease until the links are back, so
+    /// nothing is placed on it meanwhile.
+    async fn check_links(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.stopping {
+            return;
+        }
+        let up = self.io.links_up().await;
+        if up == self.healthy.load(Ordering::Relaxed) {
+            return;
+        }
+        self.healthy.store(up, Ordering::Relaxed);
+        if up {
+            tracing::info!("links up again: renewing the lease, standing by");
+            return;
+        }
+        tracing::warn!(tunnels = ?self.owned, "a link is down: handing the tunnels over, no lease until it is back");
+        if let (Some(cluster), false) = (self.cluster.clone(), self.owned.is_empty()) {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.handover(cluster, Command::Drain(self.id), reply);
+            tokio::spawn(async move {
+                match answer.await {
+                    Ok(Ok(moved)) => tracing::info!(%moved, "drained: a link is down"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "drain failed; the lease lapses instead")
+                    }
+                    Err(_) => {}
+                }
+            });
         }
     }
 
@@ -1370,6 +1485,9 @@ impl<I: Io> Node<I> {
             Some(c) => serde_json::json!({
                 "ike_sas": ike_sas,
                 "owned": self.owned,
+                // Caught up with the cluster since it started, holding a
+                // lease: it may take tunnels over.
+                "ready": self.replayed_to != u64::MAX && self.lease.valid(tandem_cluster::now()),
                 "standby_child_sas": self.standby.keys().map(|s| format!("{s:08x}")).collect::<Vec<_>>(),
                 "cluster": replication::describe(c),
             }),

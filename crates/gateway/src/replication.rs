@@ -244,16 +244,22 @@ fn live_gateways(
 }
 
 /// Renews this gateway's lease every `renew_every`, each renewal in its own
-/// task so one slow commit does not delay the next.
+/// task so one slow commit does not delay the next; none while the node is
+/// not `healthy` (a link down), so the cluster moves its tunnels away and
+/// places none on it.
 pub async fn renew_leases(
     cluster: Arc<Cluster>,
     lease: LeaseTiming,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
     report: mpsc::UnboundedSender<Background>,
 ) {
     let mut every = tokio::time::interval(lease.renew_every);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         every.tick().await;
+        if !healthy.load(std::sync::atomic::Ordering::Relaxed) {
+            continue;
+        }
         let (cluster, report) = (cluster.clone(), report.clone());
         tokio::spawn(async move {
             match tokio::time::timeout(lease.duration, cluster.renew_lease(&lease)).await {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::TryStreamExt as _;
 use rtnetlink::packet_route::address::{AddressAttribute, CacheInfo};
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, State};
 
 use crate::config::{Config, Vip};
 
@@ -139,6 +139,43 @@ impl VipMover {
         }
         if let (true, IpAddr::V4(v4)) = (announce, addr) {
             self::announce(*ifindex, *mac, v4, &[Duration::ZERO]);
+        }
+    }
+
+    /// Whether the interface this mover puts addresses on is up, carrier
+    /// included (a pulled cable, a switch port down). Addresses that are
+    /// not Linux's have no interface to check.
+    async fn link_up(&self) -> bool {
+        let VipMover::Linux {
+            handle,
+            interface,
+            ifindex,
+            ..
+        } = self
+        else {
+            return true;
+        };
+        let link = handle
+            .link()
+            .get()
+            .match_index(*ifindex)
+            .execute()
+            .try_next()
+            .await;
+        match link {
+            Ok(Some(link)) => !link.attributes.iter().any(|a| {
+                matches!(
+                    a,
+                    LinkAttribute::OperState(
+                        State::Down | State::LowerLayerDown | State::NotPresent | State::Dormant
+                    )
+                )
+            }),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(%interface, error = %e, "cannot read link state");
+                false
+            }
         }
     }
 
@@ -294,6 +331,11 @@ impl TunnelAddresses {
                 self.lan.refresh(lan, announce).await;
             }
         }
+    }
+
+    /// Whether the outer and the LAN-side interface are up.
+    pub async fn links_up(&self) -> bool {
+        self.outer.link_up().await && self.lan.link_up().await
     }
 
     /// This node no longer sends for `tunnel`.
