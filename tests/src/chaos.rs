@@ -884,12 +884,12 @@ fn machine() -> anyhow::Result<String> {
 /// The terminal table.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut t = String::from(
-        "scenario           gap ms  sent    lost  dup  IKE SA kept  dual-sender ms  redundancy ms  TCP Mbit/s  result\n",
+        "scenario                 gap ms   sent    lost  dup  IKE SA kept  dual-sender ms  redundancy ms  TCP Mbit/s  result\n",
     );
     for o in outcomes {
         let _ = writeln!(
             t,
-            "{:<18} {:>6}  {:>6}  {:>4}  {:>3}  {:<11}  {:>14}  {:>13}  {:>10}  {}",
+            "{:<24} {:>6}  {:>6}  {:>6}  {:>3}  {:<11}  {:>14}  {:>13}  {:>10}  {}",
             o.name,
             ms(o.gap),
             o.sent,

@@ -4,6 +4,8 @@
 //! encoding of openraft's own types ([`crate::command::encode`]).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::error::{
@@ -203,7 +205,20 @@ impl ForwardFailure {
 const LEARNER_CATCH_UP: Duration = Duration::from_secs(15);
 
 /// Executes a request on this node, which must be the leader to succeed.
-pub(crate) async fn execute(raft: &Raft, fwd: &Forward) -> Result<Outcome, ForwardFailure> {
+/// While it hands leadership over (`paused`), writes are refused as busy,
+/// to be asked again: each one would lengthen its log past the candidate's.
+pub(crate) async fn execute(
+    raft: &Raft,
+    paused: &AtomicBool,
+    fwd: &Forward,
+) -> Result<Outcome, ForwardFailure> {
+    if paused.load(Ordering::Relaxed) && !matches!(fwd, Forward::Elect) {
+        return Err(ForwardFailure {
+            not_leader: None,
+            busy: true,
+            message: "leadership is being handed over".into(),
+        });
+    }
     match fwd {
         Forward::Write(cmd) => raft.client_write(cmd.clone()).await.map(|r| r.data),
         Forward::AddLearner { id, member } => {
@@ -282,6 +297,7 @@ async fn await_learner(raft: &Raft, id: NodeId, member: &Member) -> Result<(), F
 /// The gRPC server side: hands each RPC to the local Raft.
 pub(crate) struct Service {
     pub raft: Raft,
+    pub paused: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Service {
@@ -315,7 +331,9 @@ impl raft_server::Raft for Service {
 
     async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let fwd: Forward = unpack(req.get_ref()).map_err(bad_request)?;
-        Ok(Response::new(payload(&execute(&self.raft, &fwd).await)))
+        Ok(Response::new(payload(
+            &execute(&self.raft, &self.paused, &fwd).await,
+        )))
     }
 }
 

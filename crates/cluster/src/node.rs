@@ -97,6 +97,8 @@ pub struct Cluster {
     last_renewal: std::sync::atomic::AtomicU64,
     /// A cached channel to the leader for forwarded requests.
     leader_client: Mutex<Option<(NodeId, RaftClient<Channel>)>>,
+    /// Writes are refused (to be retried) while this leader hands over.
+    paused: Arc<std::sync::atomic::AtomicBool>,
     events: std::sync::Mutex<Option<mpsc::UnboundedReceiver<StateEvent>>>,
     server: tokio::task::JoinHandle<()>,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -126,8 +128,13 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Config(e.to_string()))?;
-        let (log, sm, events) = store::open(&cfg.disk, cfg.storage_key)
+        let (mut log, sm, events) = store::open(&cfg.disk, cfg.storage_key)
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
+        let had_log = openraft::storage::RaftLogStorage::get_log_state(&mut log)
+            .await
+            .map_err(|e| ClusterError::Storage(e.to_string()))?
+            .last_log_id
+            .map(|l| l.index);
         let applied = sm.applied.clone();
         let leases = sm.leases.clone();
         let network = Network {
@@ -136,23 +143,21 @@ impl Cluster {
         let raft = Raft::new(cfg.id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
-        // A member that restarts with a vote (a term) on disk would stand
-        // for election before the leader's heartbeats reach it (the leader
-        // backs off from a member that was down), and its higher term
-        // deposes a healthy leader: a leaderless spell in which owners'
-        // leases lapse. It stands for none until it has heard from a leader,
-        // or for QUIET_START (the whole cluster restarting); it still votes.
-        if raft
-            .with_raft_state(|s| s.vote_ref().leader_id.term > 0)
-            .await
-            .unwrap_or(false)
-        {
+        // A member that restarts with a log would stand for election before
+        // the leader's heartbeats reach it (the leader backs off from a
+        // member that was down), and its higher term deposes a healthy
+        // leader: a leaderless spell in which owners' leases lapse. It
+        // stands for none until it has applied an entry it did not have (so
+        // a leader reached it), or for QUIET_START (the whole cluster
+        // restarting); it still votes. (Its persisted vote names a leader
+        // from the start, so the leader metric says nothing.)
+        if let Some(had) = had_log {
             raft.runtime_config().elect(false);
             let raft = raft.clone();
             tokio::spawn(async move {
                 let mut metrics = raft.metrics();
                 let _ = tokio::time::timeout(QUIET_START, async {
-                    while metrics.borrow().current_leader.is_none() {
+                    while metrics.borrow().last_applied.is_none_or(|l| l.index <= had) {
                         if metrics.changed().await.is_err() {
                             break;
                         }
@@ -166,6 +171,7 @@ impl Cluster {
             addr: cfg.listen,
             reason: e.to_string(),
         };
+        let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut builder = Server::builder();
         if let Transport::Tls(tls) = &cfg.transport {
             builder = builder
@@ -174,7 +180,10 @@ impl Cluster {
         }
         let router = builder
             .tcp_nodelay(true)
-            .add_service(RaftServer::new(Service { raft: raft.clone() }));
+            .add_service(RaftServer::new(Service {
+                raft: raft.clone(),
+                paused: paused.clone(),
+            }));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let stopped = async {
             let _ = stopped.await;
@@ -208,6 +217,7 @@ impl Cluster {
             transport: cfg.transport,
             last_renewal: std::sync::atomic::AtomicU64::new(0),
             leader_client: Mutex::new(None),
+            paused,
             events: std::sync::Mutex::new(Some(events)),
             server,
             stop,
@@ -308,46 +318,64 @@ impl Cluster {
             .map(drop)
     }
 
-    /// If this node leads, has the most caught-up other voter stand for
-    /// election and waits (up to `within`) until it leads instead: a leader
-    /// that stops without this leaves the cluster without one for an
-    /// election timeout, long enough for owners' leases to lapse. This node
-    /// votes for the candidate: its own leader lease (openraft refuses votes
-    /// within one) dates from its election, long past.
+    /// If this node leads, has another voter stand for election and waits
+    /// (up to `within`) until it leads instead: a leader that stops without
+    /// this leaves the cluster without one for an election timeout, long
+    /// enough for owners' leases to lapse. Writes pause meanwhile, so the
+    /// candidate's log can match this node's (which votes for it only
+    /// then: its own leader lease, within which openraft refuses votes,
+    /// dates from its election, long past).
     pub async fn hand_leadership_over(&self, within: Duration) -> Result<(), ClusterError> {
-        let metrics = self.metrics();
-        if metrics.current_leader != Some(self.id) {
+        use std::sync::atomic::Ordering;
+        if self.metrics().current_leader != Some(self.id) {
             return Ok(());
         }
+        self.paused.store(true, Ordering::Relaxed);
+        let result = tokio::time::timeout(within, self.elect_another()).await;
+        self.paused.store(false, Ordering::Relaxed);
+        result.map_err(|_| ClusterError::NoLeader)?
+    }
+
+    async fn elect_another(&self) -> Result<(), ClusterError> {
         let voters = self.voters();
-        let matched = metrics.replication.unwrap_or_default();
-        let Some(to) = voters
-            .iter()
-            .filter(|id| **id != self.id)
-            .max_by_key(|id| matched.get(id).copied().flatten().map(|l| l.index))
-            .copied()
-        else {
-            return Ok(());
+        let mut watch = self.raft.metrics();
+        // The first voter whose log matches this node's, once what was
+        // appended before the pause has replicated.
+        let to = loop {
+            let caught_up = {
+                let m = watch.borrow();
+                let last = m.last_log_index;
+                let matched = m.replication.clone().unwrap_or_default();
+                voters
+                    .iter()
+                    .find(|id| {
+                        **id != self.id
+                            && matched.get(id).copied().flatten().map(|l| l.index) == last
+                    })
+                    .copied()
+            };
+            if let Some(to) = caught_up {
+                break to;
+            }
+            if watch.changed().await.is_err() {
+                return Err(ClusterError::NoLeader);
+            }
         };
         let member = self
             .members()
             .remove(&to)
             .ok_or_else(|| ClusterError::Config(format!("node {to} has no address")))?;
-        self.forward_to(to, &member, &Forward::Elect, within)
+        self.forward_to(to, &member, &Forward::Elect, PROPOSE_TIMEOUT)
             .await
             .map_err(|r| match r {
                 Retry::Yes(e) | Retry::No(e) => e,
             })?;
-        let mut watch = self.raft.metrics();
-        tokio::time::timeout(within, async {
-            while watch.borrow().current_leader == Some(self.id) {
-                if watch.changed().await.is_err() {
-                    break;
-                }
+        while watch.borrow().current_leader == Some(self.id) {
+            if watch.changed().await.is_err() {
+                break;
             }
-        })
-        .await
-        .map_err(|_| ClusterError::NoLeader)
+        }
+        Ok(())
     }
 
     /// Voter ids in the last applied membership.
@@ -418,7 +446,7 @@ impl Cluster {
         let attempts = async {
             let mut backoff = Duration::from_millis(20);
             loop {
-                let failure = match execute(&self.raft, &fwd).await {
+                let failure = match execute(&self.raft, &self.paused, &fwd).await {
                     Ok(outcome) => return Ok(outcome),
                     Err(f) => f,
                 };

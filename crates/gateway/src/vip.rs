@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -48,8 +49,9 @@ enum VipMover {
         handle: rtnetlink::Handle,
         interface: String,
         ifindex: u32,
-        mac: [u8; 6],
         prefix_len: u8,
+        /// None without CAP_NET_RAW: addresses move, unannounced.
+        garp: Option<Arc<garp::Announcer>>,
     },
     Hook {
         path: PathBuf,
@@ -82,12 +84,20 @@ impl VipMover {
                     .with_context(|| {
                         format!("VIP interface {interface} has no Ethernet address")
                     })?;
+                let ifindex = link.header.index;
+                let garp = match garp::Announcer::open(ifindex, mac) {
+                    Ok(a) => Some(Arc::new(a)),
+                    Err(e) => {
+                        tracing::warn!(%interface, error = %e, "no gratuitous ARP (needs CAP_NET_RAW): neighbours learn a moved address only when they ask");
+                        None
+                    }
+                };
                 VipMover::Linux {
                     handle,
                     interface: interface.clone(),
-                    ifindex: link.header.index,
-                    mac,
+                    ifindex,
                     prefix_len: *prefix_len,
+                    garp,
                 }
             }
         })
@@ -102,8 +112,8 @@ impl VipMover {
                 handle,
                 interface,
                 ifindex,
-                mac,
                 prefix_len,
+                garp,
             } => {
                 match add(handle, *ifindex, addr, *prefix_len).await {
                     Ok(()) => tracing::info!(%addr, %interface, "VIP added"),
@@ -114,8 +124,8 @@ impl VipMover {
                 }
                 // IPv6 would want an unsolicited neighbour advertisement:
                 // not done yet.
-                if let IpAddr::V4(v4) = addr {
-                    announce(*ifindex, *mac, v4, &GARP_AT);
+                if let (IpAddr::V4(v4), Some(garp)) = (addr, garp) {
+                    announce(garp.clone(), v4, &GARP_AT);
                 }
             }
         }
@@ -128,8 +138,8 @@ impl VipMover {
             handle,
             interface,
             ifindex,
-            mac,
             prefix_len,
+            garp,
         } = self
         else {
             return;
@@ -137,8 +147,10 @@ impl VipMover {
         if let Err(e) = add(handle, *ifindex, addr, *prefix_len).await {
             tracing::error!(%addr, %interface, error = %e, "cannot renew VIP");
         }
-        if let (true, IpAddr::V4(v4)) = (announce, addr) {
-            self::announce(*ifindex, *mac, v4, &[Duration::ZERO]);
+        if let (true, IpAddr::V4(v4), Some(garp)) = (announce, addr, garp)
+            && let Err(e) = garp.announce(v4)
+        {
+            tracing::warn!(%addr, error = %e, "gratuitous ARP failed");
         }
     }
 
@@ -224,19 +236,15 @@ impl VipMover {
     }
 }
 
-/// Sends a gratuitous ARP for `ip` at each of `at` from now, on the
-/// blocking pool: closing a packet socket waits for an RCU grace period,
-/// milliseconds that would stall the main loop's packets.
-fn announce(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, at: &'static [Duration]) {
+/// Sends a gratuitous ARP for `ip` at each of `at` from now.
+fn announce(garp: Arc<garp::Announcer>, ip: Ipv4Addr, at: &'static [Duration]) {
     tokio::spawn(async move {
         let mut last = Duration::ZERO;
         for &when in at {
             tokio::time::sleep(when - last).await;
             last = when;
-            match tokio::task::spawn_blocking(move || garp::announce(ifindex, mac, ip)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(%ip, error = %e, "gratuitous ARP failed"),
-                Err(e) => tracing::warn!(%ip, error = %e, "gratuitous ARP task failed"),
+            if let Err(e) = garp.announce(ip) {
+                tracing::warn!(%ip, error = %e, "gratuitous ARP failed");
             }
         }
     });
@@ -382,6 +390,7 @@ async fn run_hook(path: &PathBuf, event: &str, addr: IpAddr, node: &str) {
 mod garp {
     use std::io;
     use std::net::Ipv4Addr;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     const ETH_P_ARP: u16 = 0x0806;
 
@@ -403,45 +412,63 @@ mod garp {
         f
     }
 
-    pub fn announce(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
-        let frame = frame(mac, ip);
-        // SAFETY: plain socket(2); the descriptor is checked and closed below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(ETH_P_ARP.to_be()),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
+    /// A packet socket for ARP on one interface, opened once: closing one
+    /// waits for an RCU grace period, milliseconds that would stall the
+    /// main loop at every announcement.
+    #[derive(Debug)]
+    pub struct Announcer {
+        fd: OwnedFd,
+        ifindex: u32,
+        mac: [u8; 6],
+    }
+
+    impl Announcer {
+        pub fn open(ifindex: u32, mac: [u8; 6]) -> io::Result<Announcer> {
+            // SAFETY: plain socket(2); the descriptor is checked below.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    i32::from(ETH_P_ARP.to_be()),
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: socket(2) just returned fd, and nothing else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            Ok(Announcer { fd, ifindex, mac })
         }
-        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = ETH_P_ARP.to_be();
-        addr.sll_ifindex = ifindex as i32;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].fill(0xff);
-        // SAFETY: the buffer and address outlive the call; the lengths are theirs.
-        let sent = unsafe {
-            libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const addr).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        let result = if sent < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        };
-        // SAFETY: fd is ours and open.
-        unsafe { libc::close(fd) };
-        result
+
+        /// Broadcasts one announcement of `ip`, without waiting for room
+        /// in the interface's queue.
+        pub fn announce(&self, ip: Ipv4Addr) -> io::Result<()> {
+            let frame = frame(self.mac, ip);
+            // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = ETH_P_ARP.to_be();
+            addr.sll_ifindex = self.ifindex as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].fill(0xff);
+            // SAFETY: the descriptor is open (owned by self); the buffer and
+            // address outlive the call and the lengths are theirs.
+            let sent = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    libc::MSG_DONTWAIT,
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if sent < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }
     }
 
     #[cfg(test)]
