@@ -118,7 +118,7 @@ pub fn scenarios() -> Vec<Scenario> {
             planned: true,
             layout: (3, 0),
             quick: false,
-            after: Duration::from_secs(20),
+            after: Duration::from_secs(12),
             what: "an upgrade: each gateway in turn drained, stopped (SIGTERM), restarted, and back in full redundancy",
             run: |lab| {
                 for id in 1..=3 {
@@ -912,83 +912,98 @@ pub fn table(outcomes: &[Outcome]) -> String {
 pub fn svg(outcomes: &[Outcome]) -> String {
     const W: f64 = 1000.0;
     const LEFT: f64 = 120.0;
-    const PANEL: f64 = 170.0;
-    let height = PANEL * outcomes.len() as f64 + 20.0;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
+    const LINE: f64 = 13.0;
     let colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"];
-    for (i, o) in outcomes.iter().enumerate() {
+    let mut body = String::new();
+    let mut top = 20.0;
+    for o in outcomes {
         let t = &o.timeline;
-        let top = 20.0 + PANEL * i as f64;
         let span = (t.end_us.saturating_sub(t.start_us)).max(1) as f64;
         let x = |us: u64| LEFT + (W - LEFT - 10.0) * (us.saturating_sub(t.start_us) as f64 / span);
+        let s = &mut body;
         let _ = writeln!(
             s,
-            "<text x=\"4\" y=\"{}\" font-weight=\"bold\">{} — gap {} ms, {} lost, {}</text>",
-            top,
+            "<text x=\"4\" y=\"{top}\" font-weight=\"bold\">{} — gap {} ms, {} lost, {}</text>",
             o.name,
             ms(o.gap),
             o.lost,
             if o.passed() { "pass" } else { "FAIL" }
         );
-        let mut row = |label: &str, y: f64, arrivals: &[u64]| {
+        let mut bars = |label: &str, y: f64, times: &[u64], colour: &str| {
             let _ = writeln!(s, "<text x=\"4\" y=\"{}\">{label}</text>", y + 10.0);
-            for (a, b) in runs(arrivals) {
+            for (a, b) in runs(times) {
                 let _ = writeln!(
                     s,
-                    "<rect x=\"{:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"12\" fill=\"#4c9a2a\"/>",
+                    "<rect x=\"{:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"12\" fill=\"{colour}\"/>",
                     x(a),
                     (x(b) - x(a)).max(0.5)
                 );
             }
         };
-        row("probes peer→LAN", top + 10.0, &t.up);
-        row("probes LAN→peer", top + 28.0, &t.down);
+        bars("probes peer→LAN", top + 10.0, &t.up, "#4c9a2a");
+        bars("probes LAN→peer", top + 28.0, &t.down, "#4c9a2a");
         let nodes: BTreeSet<usize> = t.senders.iter().map(|(_, n)| *n).collect();
-        for (k, node) in nodes.iter().enumerate() {
-            let y = top + 50.0 + 16.0 * k as f64;
-            let _ = writeln!(
-                s,
-                "<text x=\"4\" y=\"{}\">node {node} sends ESP</text>",
-                y + 10.0
-            );
+        let mut y = top + 50.0;
+        for node in &nodes {
             let sent: Vec<u64> = t
                 .senders
                 .iter()
                 .filter(|(_, n)| n == node)
                 .map(|(at, _)| *at)
                 .collect();
-            for (a, b) in runs(&sent) {
-                let _ = writeln!(
-                    s,
-                    "<rect x=\"{:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"12\" fill=\"{}\"/>",
-                    x(a),
-                    (x(b) - x(a)).max(0.5),
-                    colours[(node - 1) % colours.len()]
-                );
-            }
+            bars(
+                &format!("node {node} sends ESP"),
+                y,
+                &sent,
+                colours[(node - 1) % colours.len()],
+            );
+            y += 16.0;
         }
-        for (k, (at, what)) in t.events.iter().enumerate() {
-            let ex = x(*at);
+        // A second scale, and each event as a numbered line, its text
+        // listed below in two columns (events come in clusters too tight
+        // to label in place).
+        let axis = y + 4.0;
+        for sec in 0..=(span / 1e6) as u64 {
+            let tx = x(t.start_us + sec * 1_000_000);
             let _ = writeln!(
                 s,
-                "<line x1=\"{ex:.1}\" y1=\"{}\" x2=\"{ex:.1}\" y2=\"{}\" stroke=\"red\"/>\n<text x=\"{:.1}\" y=\"{}\" fill=\"red\">{}</text>",
-                top + 5.0,
-                top + PANEL - 25.0,
-                ex + 2.0,
-                top + PANEL - 40.0 + 10.0 * (k % 3) as f64,
-                xml_escape(what)
+                "<line x1=\"{tx:.1}\" y1=\"{axis}\" x2=\"{tx:.1}\" y2=\"{}\" stroke=\"#999\"/><text x=\"{tx:.1}\" y=\"{}\" fill=\"#555\" text-anchor=\"middle\" font-size=\"9\">{sec}</text>",
+                axis + 4.0,
+                axis + 13.0
             );
         }
         let _ = writeln!(
             s,
-            "<text x=\"{LEFT}\" y=\"{}\" fill=\"#555\">{:.1} s</text>",
-            top + PANEL - 8.0,
-            span / 1e6
+            "<text x=\"4\" y=\"{}\" fill=\"#555\">seconds</text>",
+            axis + 13.0
         );
+        let listed = axis + 30.0;
+        let per_column = t.events.len().div_ceil(2);
+        for (k, (at, what)) in t.events.iter().enumerate() {
+            let ex = x(*at);
+            let _ = writeln!(
+                s,
+                "<line x1=\"{ex:.1}\" y1=\"{}\" x2=\"{ex:.1}\" y2=\"{axis}\" stroke=\"red\"/><text x=\"{ex:.1}\" y=\"{}\" fill=\"red\" font-size=\"9\">{}</text>",
+                top + 8.0,
+                top + 8.0,
+                k + 1
+            );
+            let (col, line) = (k / per_column.max(1), k % per_column.max(1));
+            let _ = writeln!(
+                s,
+                "<text x=\"{}\" y=\"{}\" fill=\"red\">{}  +{:.2} s  {}</text>",
+                4.0 + 500.0 * col as f64,
+                listed + LINE * line as f64,
+                k + 1,
+                at.saturating_sub(t.start_us) as f64 / 1e6,
+                xml_escape(what)
+            );
+        }
+        top = listed + LINE * per_column as f64 + 25.0;
     }
-    s + "</svg>\n"
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{top}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n{body}</svg>\n"
+    )
 }
 
 /// Times closer than 5 ms to the previous one, as (first, last) bars.
