@@ -155,15 +155,13 @@ impl Cluster {
             raft.runtime_config().elect(false);
             let raft = raft.clone();
             tokio::spawn(async move {
-                let mut metrics = raft.metrics();
-                let _ = tokio::time::timeout(QUIET_START, async {
-                    while metrics.borrow().last_applied.is_none_or(|l| l.index <= had) {
-                        if metrics.changed().await.is_err() {
-                            break;
-                        }
-                    }
-                })
-                .await;
+                let _ = raft
+                    .wait(Some(QUIET_START))
+                    .metrics(
+                        |m| m.last_applied.is_some_and(|l| l.index > had),
+                        "an entry from a leader",
+                    )
+                    .await;
                 raft.runtime_config().elect(true);
             });
         }
@@ -331,36 +329,28 @@ impl Cluster {
             return Ok(());
         }
         self.paused.store(true, Ordering::Relaxed);
-        let result = tokio::time::timeout(within, self.elect_another()).await;
+        let result = tokio::time::timeout(within, self.elect_another(within)).await;
         self.paused.store(false, Ordering::Relaxed);
         result.map_err(|_| ClusterError::NoLeader)?
     }
 
-    async fn elect_another(&self) -> Result<(), ClusterError> {
+    async fn elect_another(&self, within: Duration) -> Result<(), ClusterError> {
         let voters = self.voters();
-        let mut watch = self.raft.metrics();
         // The first voter whose log matches this node's, once what was
         // appended before the pause has replicated.
-        let to = loop {
-            let caught_up = {
-                let m = watch.borrow();
-                let last = m.last_log_index;
-                let matched = m.replication.clone().unwrap_or_default();
-                voters
-                    .iter()
-                    .find(|id| {
-                        **id != self.id
-                            && matched.get(id).copied().flatten().map(|l| l.index) == last
-                    })
-                    .copied()
-            };
-            if let Some(to) = caught_up {
-                break to;
-            }
-            if watch.changed().await.is_err() {
-                return Err(ClusterError::NoLeader);
-            }
+        let caught_up = |m: &RaftMetrics<NodeId, Member>| {
+            let matched = m.replication.as_ref()?;
+            voters.iter().copied().find(|id| {
+                *id != self.id
+                    && matched.get(id).copied().flatten().map(|l| l.index) == m.last_log_index
+            })
         };
+        let wait = self.raft.wait(Some(within));
+        let metrics = wait
+            .metrics(|m| caught_up(m).is_some(), "a voter caught up")
+            .await
+            .map_err(|_| ClusterError::NoLeader)?;
+        let to = caught_up(&metrics).ok_or(ClusterError::NoLeader)?;
         let member = self
             .members()
             .remove(&to)
@@ -370,12 +360,10 @@ impl Cluster {
             .map_err(|r| match r {
                 Retry::Yes(e) | Retry::No(e) => e,
             })?;
-        while watch.borrow().current_leader == Some(self.id) {
-            if watch.changed().await.is_err() {
-                break;
-            }
-        }
-        Ok(())
+        wait.metrics(|m| m.current_leader != Some(self.id), "another leader")
+            .await
+            .map(drop)
+            .map_err(|_| ClusterError::NoLeader)
     }
 
     /// Voter ids in the last applied membership.

@@ -360,12 +360,11 @@ pub async fn serve<I: Io>(
 
 /// See [`Cluster::hand_leadership_over`].
 async fn hand_leadership_over(cluster: &Cluster) {
-    match cluster
+    if let Err(e) = cluster
         .hand_leadership_over(std::time::Duration::from_secs(1))
         .await
     {
-        Ok(()) => {}
-        Err(e) => tracing::warn!(error = %e, "stopping: leadership not handed over"),
+        tracing::warn!(error = %e, "stopping: leadership not handed over");
     }
 }
 
@@ -1178,29 +1177,37 @@ impl<I: Io> Node<I> {
             return None;
         }
         tracing::info!(tunnels = ?self.owned, "stopping: handing the tunnels over first");
+        Some(self.drain_self(cluster))
+    }
+
+    /// Hands every tunnel this node owns to the others (a drain of itself);
+    /// the answer comes once the new owners run them.
+    fn drain_self(
+        &self,
+        cluster: Arc<Cluster>,
+    ) -> tokio::sync::oneshot::Receiver<Result<String, String>> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.handover(cluster, Command::Drain(self.id), reply);
-        Some(answer)
+        answer
     }
 
     /// The last of a stop: the addresses this node still holds go, and a
     /// leader hands leadership over, so the cluster need not wait an
     /// election timeout to commit (owners' lease renewals among it).
     async fn finish(&mut self) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
         let held: BTreeSet<String> = self
             .owned
             .iter()
             .chain(self.incoming.keys())
             .cloned()
             .collect();
-        if self.cluster.is_some() {
-            for tunnel in held {
-                self.io.address_down(&tunnel).await;
-            }
+        for tunnel in held {
+            self.io.address_down(&tunnel).await;
         }
-        if let Some(cluster) = &self.cluster {
-            hand_leadership_over(cluster).await;
-        }
+        hand_leadership_over(&cluster).await;
     }
 
     /// A gateway whose outer or LAN link goes down cannot serve its tunnels:
@@ -1223,8 +1230,7 @@ impl<I: Io> Node<I> {
         }
         tracing::warn!(tunnels = ?self.owned, "a link is down: handing the tunnels over, no lease until it is back");
         if let (Some(cluster), false) = (self.cluster.clone(), self.owned.is_empty()) {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            self.handover(cluster, Command::Drain(self.id), reply);
+            let answer = self.drain_self(cluster);
             tokio::spawn(async move {
                 match answer.await {
                     Ok(Ok(moved)) => tracing::info!(%moved, "drained: a link is down"),

@@ -402,26 +402,28 @@ pub fn handover(
                 .propose(Command { changes })
                 .await
                 .map_err(|e| e.to_string())?;
-            let deadline = started + HANDOVER_TIMEOUT;
-            loop {
-                let pending: Vec<String> = cluster.read_state(|s| {
+            let pending = || -> Vec<String> {
+                cluster.read_state(|s| {
                     moved
                         .iter()
                         .filter(|(tunnel, _, to)| s.owners.get(tunnel) != Some(to))
                         .map(|(tunnel, _, to)| format!("{tunnel} to node {to}"))
                         .collect()
-                });
-                if pending.is_empty() {
-                    break;
-                }
-                if tandem_cluster::now() >= deadline {
-                    return Err(format!(
-                        "handover not completed within {} s: {}",
-                        HANDOVER_TIMEOUT.as_secs(),
-                        pending.join(", ")
-                    ));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                })
+            };
+            // Each entry applied here updates the metrics: no need to poll.
+            if cluster
+                .raft()
+                .wait(Some(HANDOVER_TIMEOUT.saturating_sub(tandem_cluster::since(started))))
+                .metrics(|_| pending().is_empty(), "the new owners")
+                .await
+                .is_err()
+            {
+                return Err(format!(
+                    "handover not completed within {} s: {}",
+                    HANDOVER_TIMEOUT.as_secs(),
+                    pending().join(", ")
+                ));
             }
             Ok(serde_json::json!({
                 "moved": report,
