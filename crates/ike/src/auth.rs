@@ -1,5 +1,6 @@
 //! Pre-shared key authentication (RFC 7296 section 2.15).
 
+use subtle::ConstantTimeEq;
 use tandem_crypto::{PrfAlg, Secret};
 
 use crate::message::Identity;
@@ -33,15 +34,7 @@ pub(crate) fn psk_auth(
 /// Compares the peer's AUTH data without leaking through timing how many bytes
 /// matched, so a peer cannot guess the expected value byte by byte.
 pub(crate) fn auth_matches(expected: &Secret, received: &[u8]) -> bool {
-    let expected = expected.expose();
-    if expected.len() != received.len() {
-        return false;
-    }
-    expected
-        .iter()
-        .zip(received)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    expected.expose().ct_eq(received).into()
 }
 
 #[cfg(test)]

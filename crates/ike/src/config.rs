@@ -120,6 +120,17 @@ pub struct Limits {
     pub cookie_threshold: usize,
     /// Half-open SAs beyond which IKE_SA_INIT requests are dropped.
     pub max_half_open: usize,
+    /// Half-open SAs one source may hold; its further IKE_SA_INIT requests
+    /// are dropped until one completes or times out (strongSwan's
+    /// `block_threshold`), so one address that answers cookies cannot take
+    /// every slot of `max_half_open`. An IPv6 source counts per /64: a host
+    /// there picks addresses from the whole prefix at will.
+    pub max_half_open_per_source: usize,
+    /// How long one cookie secret is current (RFC 7296 section 2.6). The
+    /// previous one still verifies for as long again, so a cookie stays
+    /// valid for one to two lifetimes; at least a second is used, since a
+    /// peer needs a round trip to return its cookie.
+    pub cookie_secret_lifetime: Duration,
 }
 
 impl Default for Limits {
@@ -127,6 +138,8 @@ impl Default for Limits {
         Self {
             cookie_threshold: 64,
             max_half_open: 4096,
+            max_half_open_per_source: 5,
+            cookie_secret_lifetime: Duration::from_secs(300),
         }
     }
 }

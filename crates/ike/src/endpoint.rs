@@ -1,14 +1,16 @@
 //! The IKE endpoint: every IKE SA of this gateway, demultiplexed by SPI, driven
 //! by datagrams, timeouts and operator commands, without any IO (STYLE.md 1).
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
-use tandem_crypto::{EncrAlg, IntegAlg, PrfAlg, SecureRandom};
+use tandem_crypto::{EncrAlg, IntegAlg, SecureRandom};
 
 pub use crate::child_sa::ChildSa;
 use crate::config::{ConnectionConfig, EspProposal, Limits};
+use crate::cookie::CookieSecrets;
 use crate::handshake::{
     AuthOutcome, AuthSent, InitOutcome, InitRefusal, InitReplied, InitSent, init_notify_reply,
 };
@@ -148,12 +150,57 @@ pub struct ChildSaInfo {
     pub proposal: String,
 }
 
-/// What SA handlers write into: the clock, the rng and the output queues.
+/// Messages the endpoint dropped, or answered without creating state, by
+/// reason, since it was created. Anyone can send these at line rate from a
+/// spoofed address, so they are counted rather than logged one by one; the
+/// gateway reads the counters to log a summary and export metrics (DESIGN.md
+/// invariant 9: what is dropped is counted). `Copy`, so a snapshot taken at
+/// one report gives the next one its deltas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DropCounters {
+    /// Not a well-formed IKEv2 message (header, lengths, payloads), or one
+    /// breaking its exchange's rules (an IKE_SA_INIT request with a responder
+    /// SPI or without a nonce or SA payload, an invalid KE value).
+    pub malformed: u64,
+    /// IKEv1, or another major version than 2.
+    pub unsupported_version: u64,
+    /// For no IKE SA of ours.
+    pub unknown_spi: u64,
+    /// For one of our IKE SAs but not what it expects: a message ID outside
+    /// the window, a response to no request, another exchange than the
+    /// handshake's next, our own Initiator flag.
+    pub unexpected: u64,
+    /// Did not decrypt or failed its integrity check under the IKE SA's keys:
+    /// forged, corrupted or truncated.
+    pub undecryptable: u64,
+    /// IKE_SA_INIT dropped because [`Limits::max_half_open`] SAs are half-open.
+    pub half_open_limit: u64,
+    /// IKE_SA_INIT dropped because its source holds
+    /// [`Limits::max_half_open_per_source`] half-open SAs.
+    pub half_open_source_limit: u64,
+    /// IKE_SA_INIT without a COOKIE while cookies are demanded: answered with one.
+    pub cookie_required: u64,
+    /// IKE_SA_INIT whose COOKIE did not verify (forged, for another request,
+    /// or older than the previous secret): answered with a fresh one.
+    pub bad_cookie: u64,
+    /// IKE_SA_INIT matching no configured connection: NO_PROPOSAL_CHOSEN sent.
+    pub no_connection: u64,
+    /// IKE_SA_INIT offering no proposal we accept: NO_PROPOSAL_CHOSEN sent.
+    pub no_proposal: u64,
+    /// IKE_AUTH request whose AUTH payload did not verify:
+    /// AUTHENTICATION_FAILED sent.
+    pub auth_failed: u64,
+}
+
+/// What SA handlers write into: the clock, the rng, the output queues and the
+/// drop counters.
 pub(crate) struct Io<'a> {
     pub now: Instant,
     pub rng: &'a mut dyn SecureRandom,
     pub transmits: &'a mut VecDeque<Transmit>,
     pub events: &'a mut VecDeque<Event>,
+    pub drops: &'a mut DropCounters,
 }
 
 impl Io<'_> {
@@ -178,6 +225,69 @@ enum Slot {
     Established(Box<IkeSa>),
 }
 
+/// The responder's half-open SAs, with a count per source kept in step on
+/// every insert and remove, so both limits of [`Limits`] cost O(log n). The
+/// counts have at most as many entries as there are half-open SAs, which
+/// `max_half_open` bounds.
+#[derive(Debug, Default)]
+struct HalfOpen {
+    /// Our SPI by (peer, peer's SPI), to spot retransmitted IKE_SA_INIT requests.
+    by_peer: BTreeMap<(SocketAddr, u64), u64>,
+    per_source: BTreeMap<IpAddr, usize>,
+}
+
+impl HalfOpen {
+    fn len(&self) -> usize {
+        self.by_peer.len()
+    }
+
+    fn our_spi(&self, peer: SocketAddr, spi_i: u64) -> Option<u64> {
+        self.by_peer.get(&(peer, spi_i)).copied()
+    }
+
+    fn held_by(&self, ip: IpAddr) -> usize {
+        self.per_source.get(&source(ip)).copied().unwrap_or(0)
+    }
+
+    fn insert(&mut self, peer: SocketAddr, spi_i: u64, ours: u64) {
+        if self.by_peer.insert((peer, spi_i), ours).is_none() {
+            *self.per_source.entry(source(peer.ip())).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, peer: SocketAddr, spi_i: u64) {
+        if self.by_peer.remove(&(peer, spi_i)).is_none() {
+            return;
+        }
+        if let Entry::Occupied(mut held) = self.per_source.entry(source(peer.ip())) {
+            if *held.get() > 1 {
+                *held.get_mut() -= 1;
+            } else {
+                held.remove();
+            }
+        }
+    }
+}
+
+/// What a source of half-open SAs is counted by: its address, or for IPv6
+/// its /64, which one host can fill with addresses of its own choosing. An
+/// IPv4-mapped IPv6 address (a dual-stack socket) counts as the IPv4 one,
+/// not as part of the one /64 every such address shares.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from_bits(a.to_bits() & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
+/// The last record `take_changes` reported for an SA and when it computed
+/// it: the SA changed since if it now yields another record for that instant.
+#[derive(Debug)]
+struct Reported {
+    at: Instant,
+    record: IkeSaRecord,
+}
+
 /// All IKE SAs of this gateway.
 pub struct Endpoint {
     connections: Vec<ConnectionConfig>,
@@ -185,18 +295,18 @@ pub struct Endpoint {
     rng: Box<dyn SecureRandom + Send>,
     /// Keyed by our own SPI; a BTreeMap so iteration (timeouts) is deterministic.
     sas: BTreeMap<u64, Slot>,
-    /// Responder half-open SAs by (peer, peer's SPI), to spot retransmitted
-    /// IKE_SA_INIT requests.
-    half_open: BTreeMap<(SocketAddr, u64), u64>,
-    /// Secret of the stateless cookies (section 2.6), drawn at startup.
-    cookie_secret: [u8; 32],
+    half_open: HalfOpen,
+    cookies: CookieSecrets,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
-    /// Our SPIs of SAs touched since the last `take_changes`.
+    drops: DropCounters,
+    /// Our SPIs of SAs something happened to since the last `take_changes`:
+    /// candidates, reported only if their record changed.
     touched: BTreeSet<u64>,
-    /// Our SPIs of established SAs reported by `take_changes`, so a removal is
-    /// reported only for an SA the caller knows.
-    reported: BTreeSet<u64>,
+    /// Established SAs as `take_changes` last reported them, by our SPI: a
+    /// removal is reported only for an SA the caller knows, and a datagram
+    /// that changed nothing (junk, a retransmission) costs no commit.
+    reported: BTreeMap<u64, Reported>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -215,6 +325,7 @@ macro_rules! io {
             rng: &mut *$self.rng,
             transmits: &mut $self.transmits,
             events: &mut $self.events,
+            drops: &mut $self.drops,
         }
     };
 }
@@ -225,20 +336,25 @@ impl Endpoint {
         limits: Limits,
         mut rng: Box<dyn SecureRandom + Send>,
     ) -> Self {
-        let mut cookie_secret = [0; 32];
-        rng.fill(&mut cookie_secret);
+        let cookies = CookieSecrets::new(limits.cookie_secret_lifetime, &mut *rng);
         Self {
             connections,
             limits,
             rng,
             sas: BTreeMap::new(),
-            half_open: BTreeMap::new(),
-            cookie_secret,
+            half_open: HalfOpen::default(),
+            cookies,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            drops: DropCounters::default(),
             touched: BTreeSet::new(),
-            reported: BTreeSet::new(),
+            reported: BTreeMap::new(),
         }
+    }
+
+    /// What was dropped or refused so far, by reason.
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
     }
 
     fn config(&self, name: &str) -> Option<&ConnectionConfig> {
@@ -249,12 +365,14 @@ impl Endpoint {
     pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, datagram: &[u8]) {
         let header = match Header::parse(datagram) {
             Ok(h) => h,
-            Err(DecodeError::UnsupportedVersion(1)) => {
-                tracing::warn!(%remote, "IKEv1 is not supported; peer must use IKEv2");
+            Err(DecodeError::UnsupportedVersion(v)) => {
+                tracing::debug!(%remote, version = v, "IKE datagram of another version dropped");
+                self.drops.unsupported_version += 1;
                 return;
             }
             Err(e) => {
                 tracing::debug!(%remote, error = %e, "malformed IKE datagram dropped");
+                self.drops.malformed += 1;
                 return;
             }
         };
@@ -269,8 +387,10 @@ impl Endpoint {
         };
         let Some(slot) = self.sas.remove(&ours) else {
             tracing::debug!(%remote, spi = format_args!("{ours:016x}"), "message for unknown IKE SA");
+            self.drops.unknown_spi += 1;
             return;
         };
+        // Only a candidate: take_changes reports the SA if its record moved.
         self.touched.insert(ours);
         let slot = self.dispatch(now, local, remote, &header, datagram, slot);
         if let Some(slot) = slot {
@@ -290,12 +410,14 @@ impl Endpoint {
         match slot {
             Slot::InitSent(s) => {
                 if header.exchange != ExchangeType::IkeSaInit || !header.response {
+                    self.drops.unexpected += 1;
                     return Some(Slot::InitSent(s));
                 }
                 let msg = match Message::parse(datagram) {
                     Ok(m) => m,
                     Err(e) => {
                         tracing::debug!(error = %e, "malformed IKE_SA_INIT response dropped");
+                        self.drops.malformed += 1;
                         return Some(Slot::InitSent(s));
                     }
                 };
@@ -323,7 +445,7 @@ impl Endpoint {
                 }
             }
             Slot::InitReplied(s) => {
-                let key = (s.remote, s.spi_i);
+                let (peer, spi_i) = (s.remote, s.spi_i);
                 let connections = std::mem::take(&mut self.connections);
                 let r = s.handle_auth(
                     header,
@@ -337,7 +459,7 @@ impl Endpoint {
                 match r {
                     Err(s) => Some(Slot::InitReplied(s)),
                     Ok(sa) => {
-                        self.half_open.remove(&key);
+                        self.half_open.remove(peer, spi_i);
                         sa.map(Slot::Established)
                     }
                 }
@@ -369,17 +491,6 @@ impl Endpoint {
         });
     }
 
-    fn cookie(&self, spi_i: u64, ni: &[u8], remote: SocketAddr) -> Vec<u8> {
-        let ip = match remote.ip() {
-            std::net::IpAddr::V4(a) => a.octets().to_vec(),
-            std::net::IpAddr::V6(a) => a.octets().to_vec(),
-        };
-        PrfAlg::HmacSha256
-            .prf(&self.cookie_secret, &[ni, &ip, &spi_i.to_be_bytes()])
-            .expose()
-            .to_vec()
-    }
-
     fn init_request(
         &mut self,
         now: Instant,
@@ -390,12 +501,13 @@ impl Endpoint {
     ) {
         if header.spi_r != 0 || header.message_id != 0 {
             tracing::debug!(%remote, "IKE_SA_INIT request with responder SPI dropped");
+            self.drops.malformed += 1;
             return;
         }
         if let Some(Slot::InitReplied(s)) = self
             .half_open
-            .get(&(remote, header.spi_i))
-            .and_then(|spi| self.sas.get(spi))
+            .our_spi(remote, header.spi_i)
+            .and_then(|spi| self.sas.get(&spi))
         {
             // A retransmission: the same response, no new state.
             let response = s.init_response.clone();
@@ -410,28 +522,46 @@ impl Endpoint {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(%remote, error = %e, "malformed IKE_SA_INIT dropped");
+                self.drops.malformed += 1;
                 return;
             }
         };
+        // The limits come before the cookie: a request that could not be
+        // admitted anyway earns no reply at all.
         let half_open = self.half_open.len();
         if half_open >= self.limits.max_half_open {
-            tracing::warn!(%remote, "too many half-open IKE SAs; IKE_SA_INIT dropped");
+            tracing::debug!(%remote, "too many half-open IKE SAs; IKE_SA_INIT dropped");
+            self.drops.half_open_limit += 1;
+            return;
+        }
+        if self.half_open.held_by(remote.ip()) >= self.limits.max_half_open_per_source {
+            tracing::debug!(%remote, "source holds too many half-open IKE SAs; IKE_SA_INIT dropped");
+            self.drops.half_open_source_limit += 1;
             return;
         }
         if half_open >= self.limits.cookie_threshold {
             let Some(ni) = crate::payloads::nonce_of(&msg) else {
+                self.drops.malformed += 1;
                 return;
             };
-            let expected = self.cookie(header.spi_i, ni, remote);
-            let valid = find_notify(&msg, notify::COOKIE).is_some_and(|c| c.data == expected);
-            if !valid {
-                let reply = init_notify_reply(header, notify::COOKIE, expected);
-                self.transmits.push_back(Transmit {
-                    local,
-                    remote,
-                    datagram: reply,
-                });
-                return;
+            self.cookies.rotate(now, &mut *self.rng);
+            let (spi_i, ip) = (header.spi_i, remote.ip());
+            match find_notify(&msg, notify::COOKIE) {
+                Some(c) if self.cookies.verifies(&c.data, spi_i, ni, ip) => {}
+                returned => {
+                    if returned.is_some() {
+                        self.drops.bad_cookie += 1;
+                    } else {
+                        self.drops.cookie_required += 1;
+                    }
+                    let cookie = self.cookies.issue(spi_i, ni, ip);
+                    self.transmits.push_back(Transmit {
+                        local,
+                        remote,
+                        datagram: init_notify_reply(header, notify::COOKIE, cookie),
+                    });
+                    return;
+                }
             }
         }
         let connections = std::mem::take(&mut self.connections);
@@ -446,7 +576,7 @@ impl Endpoint {
         self.connections = connections;
         match r {
             Ok(s) => {
-                self.half_open.insert((remote, s.spi_i), s.spi_r);
+                self.half_open.insert(remote, s.spi_i, s.spi_r);
                 self.sas.insert(s.spi_r, Slot::InitReplied(Box::new(s)));
             }
             Err(InitRefusal::Reply(bytes)) => self.transmits.push_back(Transmit {
@@ -478,7 +608,7 @@ impl Endpoint {
     /// Rekeys the connection's first child SA now.
     pub fn rekey_child(&mut self, now: Instant, connection: &str) -> Result<(), IkeError> {
         let rng = &mut *self.rng;
-        let (transmits, events) = (&mut self.transmits, &mut self.events);
+        let (transmits, events, drops) = (&mut self.transmits, &mut self.events, &mut self.drops);
         let cfg = self
             .connections
             .iter()
@@ -498,6 +628,7 @@ impl Endpoint {
             rng,
             transmits,
             events,
+            drops,
         };
         sa.request(LocalRequest::RekeyChild(spi), cfg, &mut io);
         Ok(())
@@ -548,7 +679,7 @@ impl Endpoint {
         req: LocalRequest,
     ) -> Result<(), IkeError> {
         let rng = &mut *self.rng;
-        let (transmits, events) = (&mut self.transmits, &mut self.events);
+        let (transmits, events, drops) = (&mut self.transmits, &mut self.events, &mut self.drops);
         let cfg = self
             .connections
             .iter()
@@ -561,6 +692,7 @@ impl Endpoint {
             rng,
             transmits,
             events,
+            drops,
         };
         sa.request(req, cfg, &mut io);
         Ok(())
@@ -619,7 +751,7 @@ impl Endpoint {
             }
             Slot::InitReplied(s) => {
                 tracing::debug!(remote = %s.remote, "half-open IKE SA timed out");
-                self.half_open.remove(&(s.remote, s.spi_i));
+                self.half_open.remove(s.remote, s.spi_i);
                 None
             }
             Slot::Established(mut sa) => {
@@ -650,16 +782,31 @@ impl Endpoint {
     /// the cluster must commit before this step's transmits may leave (DESIGN.md
     /// invariant 1). Half-open SAs are not reported: they hold no keys the peer
     /// can use yet, and a failover during setup costs the peer one retry.
+    ///
+    /// An SA is reported only when its record differs from the last one
+    /// reported: a datagram that was junk, failed its integrity check or
+    /// repeated a request already answered, or a retransmission of our own
+    /// request, changes nothing the cluster holds and so costs no commit.
     pub fn take_changes(&mut self, now: Instant) -> Vec<IkeSaChange> {
         let mut out = Vec::new();
         for spi in std::mem::take(&mut self.touched) {
             match self.sas.get(&spi) {
                 Some(Slot::Established(sa)) => {
-                    self.reported.insert(spi);
-                    out.push(IkeSaChange::Upsert(Box::new(sa.record(now))));
+                    // Comparing at the instant of the last report, the
+                    // deadlines (exported as time left) compare equal unless
+                    // they moved.
+                    let changed = self
+                        .reported
+                        .get(&spi)
+                        .is_none_or(|last| sa.record(last.at) != last.record);
+                    if changed {
+                        let record = sa.record(now);
+                        out.push(IkeSaChange::Upsert(Box::new(record.clone())));
+                        self.reported.insert(spi, Reported { at: now, record });
+                    }
                 }
                 _ => {
-                    if self.reported.remove(&spi) {
+                    if self.reported.remove(&spi).is_some() {
                         out.push(IkeSaChange::Removed(spi));
                     }
                 }
@@ -683,7 +830,13 @@ impl Endpoint {
         let sa = IkeSa::adopt(record, children, now)
             .map_err(|_| IkeError::BadRecord(record.connection.clone()))?;
         let spi = record.our_spi();
-        self.reported.insert(spi);
+        // What the SA yields, not the record given: a child whose keys did
+        // not come along is left out, and reported gone with the next change.
+        let reported = Reported {
+            at: now,
+            record: sa.record(now),
+        };
+        self.reported.insert(spi, reported);
         self.sas.insert(spi, Slot::Established(Box::new(sa)));
         Ok(())
     }
@@ -816,4 +969,48 @@ fn active_sa<'a>(
             _ => None,
         })
         .ok_or_else(|| IkeError::NotEstablished(connection.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_open_counts_per_source_follow_inserts_and_removes() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let (v4, v4_natt) = (addr("192.0.2.7:500"), addr("192.0.2.7:4500"));
+        let (v6, v6_same_64) = (
+            addr("[2001:db8:1:2::1]:500"),
+            addr("[2001:db8:1:2:f::9]:500"),
+        );
+        let v6_next_64 = addr("[2001:db8:1:3::1]:500");
+        let mut h = HalfOpen::default();
+        h.insert(v4, 1, 10);
+        h.insert(v4_natt, 2, 11);
+        h.insert(v4, 1, 10);
+        assert_eq!(
+            (h.len(), h.held_by(v4.ip())),
+            (2, 2),
+            "same SA counted once"
+        );
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(
+            h.held_by(mapped),
+            2,
+            "an IPv4-mapped address is the IPv4 one"
+        );
+        h.insert(v6, 3, 12);
+        h.insert(v6_same_64, 4, 13);
+        assert_eq!(h.held_by(v6.ip()), 2, "one /64, one source");
+        assert_eq!(h.held_by(v6_next_64.ip()), 0);
+        assert_eq!(h.our_spi(v6_same_64, 4), Some(13));
+        h.remove(v4, 1);
+        h.remove(v4, 1);
+        assert_eq!(h.held_by(v4.ip()), 1, "removed once");
+        for (peer, spi) in [(v4_natt, 2), (v6, 3), (v6_same_64, 4)] {
+            h.remove(peer, spi);
+        }
+        assert_eq!(h.len(), 0);
+        assert!(h.per_source.is_empty(), "no count left behind");
+    }
 }

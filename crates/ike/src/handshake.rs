@@ -293,12 +293,14 @@ impl AuthSent {
         io: &mut Io<'_>,
     ) -> AuthOutcome {
         if !header.response || header.message_id != 1 || header.exchange != ExchangeType::IkeAuth {
+            io.drops.unexpected += 1;
             return AuthOutcome::Ignore(self);
         }
         let msg = match Message::decrypt(datagram, &self.cipher_in) {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(error = %e, "undecryptable IKE_AUTH response dropped");
+                io.drops.undecryptable += 1;
                 return AuthOutcome::Ignore(self);
             }
         };
@@ -449,19 +451,24 @@ impl InitReplied {
         // A connection naming the peer's address beats a wildcard.
         candidates.sort_by_key(|c| c.remote_addr.is_none());
         if candidates.is_empty() {
-            tracing::info!(%remote, "IKE_SA_INIT for no configured connection");
+            tracing::debug!(%remote, "IKE_SA_INIT for no configured connection");
+            io.drops.no_connection += 1;
             return Err(InitRefusal::Reply(init_notify_reply(
                 header,
                 notify::NO_PROPOSAL_CHOSEN,
                 Vec::new(),
             )));
         }
-        let offer = sa(msg).ok_or(InitRefusal::Drop)?;
+        let Some(offer) = sa(msg) else {
+            io.drops.malformed += 1;
+            return Err(InitRefusal::Drop);
+        };
         let Some((reply, proposal)) = candidates
             .iter()
             .find_map(|c| select_ike(offer, &c.ike_proposals))
         else {
-            tracing::info!(%remote, "no acceptable IKE proposal");
+            tracing::debug!(%remote, "no acceptable IKE proposal");
+            io.drops.no_proposal += 1;
             return Err(InitRefusal::Reply(init_notify_reply(
                 header,
                 notify::NO_PROPOSAL_CHOSEN,
@@ -469,6 +476,7 @@ impl InitReplied {
             )));
         };
         let (Some(k), Some(ni)) = (ke(msg), nonce_of(msg)) else {
+            io.drops.malformed += 1;
             return Err(InitRefusal::Drop);
         };
         if k.group != proposal.dh.id() {
@@ -481,6 +489,7 @@ impl InitReplied {
         let dh = DhPrivate::generate(proposal.dh, io.rng);
         let g_ir = dh.agree(&k.data).map_err(|e| {
             tracing::debug!(error = %e, "invalid KE from peer");
+            io.drops.malformed += 1;
             InitRefusal::Drop
         })?;
         let spi_r = ike_spi(io.rng);
@@ -543,12 +552,14 @@ impl InitReplied {
         io: &mut Io<'_>,
     ) -> Result<Option<Box<IkeSa>>, Box<Self>> {
         if header.response || header.message_id != 1 || header.exchange != ExchangeType::IkeAuth {
+            io.drops.unexpected += 1;
             return Err(self);
         }
         let msg = match Message::decrypt(datagram, &self.cipher_in) {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(error = %e, "undecryptable IKE_AUTH dropped");
+                io.drops.undecryptable += 1;
                 return Err(self);
             }
         };
@@ -598,7 +609,10 @@ impl InitReplied {
             return Ok(None);
         };
         if verified.is_none() {
-            tracing::warn!(%remote, connection = %cfg.name, "peer failed authentication");
+            // Anyone can get this far with a handshake of their own: counted,
+            // and announced by the IkeSaClosed event, not logged per attempt.
+            tracing::debug!(%remote, connection = %cfg.name, "peer failed authentication");
+            io.drops.auth_failed += 1;
             let fail = vec![notify_payload(notify::AUTHENTICATION_FAILED, Vec::new())];
             ike.respond_auth(1, fail, local, remote, io);
             io.events.push_back(Event::IkeSaClosed {

@@ -416,15 +416,18 @@ impl IkeSa {
     ) -> Flow {
         if header.initiator == self.initiator {
             tracing::debug!("message with our own I flag dropped");
+            io.drops.unexpected += 1;
             return Flow::default();
         }
         if header.response {
             let Some(o) = &self.outstanding else {
                 tracing::debug!(id = header.message_id, "unsolicited response dropped");
+                io.drops.unexpected += 1;
                 return Flow::default();
             };
             if o.message_id != header.message_id {
                 tracing::debug!(id = header.message_id, "response to an old request dropped");
+                io.drops.unexpected += 1;
                 return Flow::default();
             }
         } else if header.message_id != self.next_expected_id
@@ -434,12 +437,14 @@ impl IkeSa {
                 id = header.message_id,
                 "request with unexpected message ID dropped"
             );
+            io.drops.unexpected += 1;
             return Flow::default();
         }
         let msg = match Message::decrypt(datagram, &self.cipher_in) {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(error = %e, "undecryptable message dropped");
+                io.drops.undecryptable += 1;
                 return Flow::default();
             }
         };

@@ -12,6 +12,7 @@ pub mod record;
 
 mod auth;
 mod child_sa;
+mod cookie;
 mod handshake;
 mod ike_sa;
 mod keys;

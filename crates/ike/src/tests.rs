@@ -281,6 +281,7 @@ fn cookie_is_demanded_and_returned() {
     let limits = Limits {
         cookie_threshold: 0,
         max_half_open: 10,
+        ..Limits::default()
     };
     let mut p = Pair::with_limits(
         conn(A, B, "aes128gcm16-prfsha256-curve25519", "aes128gcm16"),
@@ -293,6 +294,142 @@ fn cookie_is_demanded_and_returned() {
     assert_eq!(established(&p.b_events), 1);
     // Request, COOKIE, request with cookie, response, IKE_AUTH pair.
     assert_eq!(p.transcript.len(), 6);
+    assert_eq!(
+        (p.b.drops().cookie_required, p.b.drops().bad_cookie),
+        (1, 0)
+    );
+}
+
+/// The IKE_SA_INIT request of a handshake b demanded a cookie for, returned
+/// `delay` after b issued the cookie: whether b took it, and the transcript.
+fn return_cookie_after(delay: Duration) -> (bool, Vec<Vec<u8>>) {
+    let ike = "aes128gcm16-prfsha256-curve25519";
+    let limits = Limits {
+        cookie_threshold: 0,
+        cookie_secret_lifetime: Duration::from_secs(300),
+        ..Limits::default()
+    };
+    let mut p = Pair::with_limits(
+        conn(A, B, ike, "aes128gcm16"),
+        conn(B, A, ike, "aes128gcm16"),
+        11,
+        limits,
+    );
+    p.a.initiate(p.now, "tunnel").unwrap();
+    let first = p.a.poll_transmit().unwrap();
+    p.b.handle(p.now, first.remote, first.local, &first.datagram);
+    let cookie = p.b.poll_transmit().unwrap();
+    p.a.handle(p.now, cookie.remote, cookie.local, &cookie.datagram);
+    let with_cookie = p.a.poll_transmit().unwrap();
+    p.transcript.extend([first, cookie, with_cookie.clone()]);
+    p.now += delay;
+    p.b.handle(
+        p.now,
+        with_cookie.remote,
+        with_cookie.local,
+        &with_cookie.datagram,
+    );
+    let taken = p.b.drops().bad_cookie == 0;
+    // Either way the handshake completes: a stale cookie is answered with a
+    // fresh one, which the initiator returns.
+    p.settle();
+    assert_eq!((established(&p.a_events), established(&p.b_events)), (1, 1));
+    assert_eq!(p.b.drops().cookie_required, 1);
+    let transcript = p.transcript.into_iter().map(|t| t.datagram).collect();
+    (taken, transcript)
+}
+
+#[test]
+fn a_cookie_outlives_one_secret_rotation_but_not_two() {
+    let lifetime = Duration::from_secs(300);
+    assert!(return_cookie_after(Duration::ZERO).0);
+    assert!(
+        return_cookie_after(lifetime).0,
+        "issued just before a rotation"
+    );
+    assert!(return_cookie_after(2 * lifetime - Duration::from_secs(1)).0);
+    let (taken, transcript) = return_cookie_after(2 * lifetime);
+    assert!(!taken, "issued before two rotations");
+    // Request, COOKIE, request, fresh COOKIE, request, response, IKE_AUTH pair.
+    assert_eq!(transcript.len(), 8);
+    assert_eq!(
+        return_cookie_after(2 * lifetime).1,
+        transcript,
+        "same seed, same cookies"
+    );
+}
+
+/// `n` IKE_SA_INIT requests from a, each for a new IKE SA.
+fn init_requests(p: &mut Pair, n: usize) -> Vec<Transmit> {
+    (0..n)
+        .map(|_| {
+            p.a.initiate(p.now, "tunnel").unwrap();
+            p.a.poll_transmit().unwrap()
+        })
+        .collect()
+}
+
+/// Delivers `request` to b as if it came from `source`; how many datagrams b
+/// answered with.
+fn deliver_from(p: &mut Pair, source: SocketAddr, request: &Transmit) -> usize {
+    p.b.handle(p.now, request.remote, source, &request.datagram);
+    std::iter::from_fn(|| p.b.poll_transmit()).count()
+}
+
+#[test]
+fn one_source_holds_at_most_its_share_of_half_open_sas() {
+    let ike = "aes128gcm16-prfsha256-curve25519";
+    let limits = Limits {
+        max_half_open: 3,
+        max_half_open_per_source: 2,
+        ..Limits::default()
+    };
+    let mut responder = conn(B, A, ike, "aes128gcm16");
+    responder.remote_addr = None;
+    let mut p = Pair::with_limits(conn(A, B, ike, "aes128gcm16"), responder, 12, limits);
+    let requests = init_requests(&mut p, 4);
+    let a = requests[0].local;
+    let answered: Vec<usize> = requests[..3]
+        .iter()
+        .map(|r| deliver_from(&mut p, a, r))
+        .collect();
+    assert_eq!(answered, [1, 1, 0], "the third from a is dropped");
+    assert_eq!(p.b.drops().half_open_source_limit, 1);
+    assert_eq!(deliver_from(&mut p, a, &requests[0]), 1, "retransmission");
+    assert_eq!(p.b.drops().half_open_source_limit, 1);
+
+    // Another source still gets in, up to the global limit.
+    let other: SocketAddr = "203.0.113.9:500".parse().unwrap();
+    assert_eq!(deliver_from(&mut p, other, &requests[3]), 1);
+    let third: SocketAddr = "203.0.113.10:500".parse().unwrap();
+    assert_eq!(deliver_from(&mut p, third, &requests[2]), 0);
+    assert_eq!(p.b.drops().half_open_limit, 1);
+    assert_eq!(p.b.ike_sas().count(), 3);
+
+    // Half-open SAs time out, and their sources may start again.
+    p.now += Duration::from_secs(60);
+    p.b.handle_timeout(p.now);
+    assert_eq!(p.b.ike_sas().count(), 0);
+    assert_eq!(deliver_from(&mut p, a, &requests[2]), 1);
+    assert_eq!(p.b.drops().half_open_source_limit, 1);
+}
+
+#[test]
+fn a_completed_handshake_frees_its_sources_half_open_slot() {
+    let limits = Limits {
+        max_half_open_per_source: 1,
+        ..Limits::default()
+    };
+    let mut p = Pair::with_limits(
+        conn(A, B, "aes128gcm16-prfsha256-curve25519", "aes128gcm16"),
+        conn(B, A, "aes128gcm16-prfsha256-curve25519", "aes128gcm16"),
+        13,
+        limits,
+    );
+    p.connect();
+    p.connect();
+    assert_eq!((established(&p.a_events), established(&p.b_events)), (2, 2));
+    assert_eq!(p.b.drops().half_open_source_limit, 0);
 }
 
 #[test]
@@ -307,6 +444,7 @@ fn psk_mismatch_fails_authentication_on_both_sides() {
     p.connect();
     assert_eq!(closed(&p.a_events), [CloseReason::AuthenticationFailed]);
     assert_eq!(closed(&p.b_events), [CloseReason::AuthenticationFailed]);
+    assert_eq!(p.b.drops().auth_failed, 1);
     assert!(installed(&p.a_events).is_empty() && installed(&p.b_events).is_empty());
 }
 
@@ -325,6 +463,7 @@ fn ike_proposal_mismatch_is_no_proposal_chosen() {
         )]
     );
     assert_eq!(established(&p.b_events), 0);
+    assert_eq!(p.b.drops().no_proposal, 1);
 }
 
 #[test]
@@ -689,9 +828,101 @@ fn ikev1_and_garbage_are_dropped() {
     v1[27] = 28;
     p.b.handle(p.now, to, from, &v1);
     p.b.handle(p.now, to, from, &[1, 2, 3]);
-    p.b.handle(p.now, to, from, &[0; 200]);
+    p.b.handle(p.now, to, from, &[0; 200]); // major version 0
+    // A well-formed header for an IKE SA b never had.
+    let mut stray = vec![0u8; 28];
+    stray[..8].copy_from_slice(&[9; 8]);
+    stray[8..16].copy_from_slice(&[7; 8]);
+    stray[16] = 46;
+    stray[17] = 0x20;
+    stray[18] = 37;
+    stray[19] = 0x08;
+    stray[27] = 28;
+    p.b.handle(p.now, to, from, &stray);
     assert!(p.b.poll_transmit().is_none());
     assert_eq!(p.b.ike_sas().count(), 0);
+    let drops = p.b.drops();
+    assert_eq!(
+        (
+            drops.unsupported_version,
+            drops.malformed,
+            drops.unknown_spi
+        ),
+        (2, 1, 1)
+    );
+}
+
+#[test]
+fn junk_for_a_live_sa_changes_nothing_and_an_exchange_changes_it_once() {
+    let mut p = pair("aes128gcm16-prfsha256-curve25519", "aes128gcm16");
+    p.connect();
+    p.a.take_changes(p.now);
+    p.b.take_changes(p.now);
+
+    // a's DPD request: its next message ID moved, once.
+    p.now = p.a.poll_timeout().unwrap();
+    p.a.handle_timeout(p.now);
+    let dpd = p.a.poll_transmit().unwrap();
+    assert_eq!(p.a.take_changes(p.now).len(), 1);
+    p.now += Duration::from_secs(2);
+    p.a.handle_timeout(p.now);
+    assert_eq!(p.a.poll_transmit().unwrap(), dpd, "retransmitted");
+    assert!(p.a.take_changes(p.now).is_empty(), "a retransmission");
+
+    // Datagrams with b's SPI that are not a's request.
+    let len = dpd.datagram.len();
+    let with_length = |mut d: Vec<u8>| {
+        let n = u32::try_from(d.len()).unwrap();
+        d[24..28].copy_from_slice(&n.to_be_bytes());
+        d
+    };
+    let mut random = dpd.datagram[..28].to_vec();
+    random.extend((28..len).map(|i| u8::try_from(i * 37 % 251).unwrap()));
+    let mut bad_icv = dpd.datagram.clone();
+    bad_icv[len - 1] ^= 1;
+    let truncated = with_length(dpd.datagram[..len - 8].to_vec());
+    let cut_short = dpd.datagram[..len - 8].to_vec();
+    let mut future_id = dpd.datagram.clone();
+    future_id[20..24].copy_from_slice(&7u32.to_be_bytes());
+    for junk in [random, bad_icv, truncated, cut_short, future_id] {
+        p.b.handle(p.now, dpd.remote, dpd.local, &junk);
+        assert!(p.b.poll_transmit().is_none());
+        assert!(p.b.take_changes(p.now).is_empty(), "{junk:?}");
+    }
+    let drops = p.b.drops();
+    assert_eq!(
+        (drops.undecryptable, drops.malformed, drops.unexpected),
+        (3, 1, 1)
+    );
+
+    // The request itself: b answers, and its message IDs and cached
+    // response change, once.
+    p.b.handle(p.now, dpd.remote, dpd.local, &dpd.datagram);
+    let response = p.b.poll_transmit().unwrap();
+    let changes = p.b.take_changes(p.now);
+    assert_eq!(changes.len(), 1);
+    assert!(
+        matches!(&changes[0], crate::record::IkeSaChange::Upsert(r) if r.next_expected_id == 3)
+    );
+    p.b.handle(p.now, dpd.remote, dpd.local, &dpd.datagram);
+    assert_eq!(
+        p.b.poll_transmit().unwrap(),
+        response,
+        "the cached response"
+    );
+    assert!(
+        p.b.take_changes(p.now).is_empty(),
+        "a retransmitted request"
+    );
+
+    // a takes the response: what it replicates did not move with that (an
+    // outstanding request is not replicated), nor with a duplicate.
+    for _ in 0..2 {
+        p.a.handle(p.now, response.remote, response.local, &response.datagram);
+        assert!(p.a.take_changes(p.now).is_empty());
+    }
+    assert_eq!(p.a.drops().unexpected, 1, "the duplicate");
+    assert!(closed(&p.a_events).is_empty() && closed(&p.b_events).is_empty());
 }
 
 #[test]
