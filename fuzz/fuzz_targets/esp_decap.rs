@@ -6,7 +6,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use tandem_crypto::{EncrAlg, IntegAlg, Secret};
-use tandem_esp::{Datagram, SaParams, Sadb, classify};
+use std::net::{IpAddr, Ipv4Addr};
+
+use tandem_esp::{Datagram, SaParams, Sadb, Selector, Selectors, classify};
 
 const SAS: [(u32, EncrAlg, Option<IntegAlg>, bool); 4] = [
     (0x100, EncrAlg::AesGcm16 { key_bits: 256 }, None, false),
@@ -29,7 +31,20 @@ fuzz_target!(|data: &[u8]| {
             integ_key: integ.map(|i| Secret::new(vec![9; i.key_len()])),
             esn,
         };
-        if sadb.install_inbound(params, 1024).is_err() {
+        // Selectors that admit only part of the address space, so both
+        // outcomes of the inbound selector check are reached.
+        let half = Selector {
+            ip_protocol: 0,
+            start_port: 0,
+            end_port: u16::MAX,
+            start: IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0)),
+            end: IpAddr::V4(Ipv4Addr::new(127, 255, 255, 255)),
+        };
+        let selectors = Selectors {
+            local: vec![half],
+            remote: vec![half],
+        };
+        if sadb.install_inbound(params, 1024, selectors).is_err() {
             panic!("fixed SA rejected");
         }
     }

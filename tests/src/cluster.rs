@@ -51,7 +51,9 @@ impl Cluster {
         let pki_s = pki.to_string_lossy().into_owned();
         Tandemd::tool(&["cert", "init", "--dir", &pki_s])?;
         // The operators' certificate, for tandemctl.
-        Tandemd::tool(&["cert", "issue", "--dir", &pki_s, "operator"])?;
+        Tandemd::tool(&[
+            "cert", "issue", "--dir", &pki_s, "--role", "operator", "operator",
+        ])?;
         let mut members = BTreeMap::new();
         for id in 1..=gateways + witnesses {
             let witness = id > gateways;

@@ -16,8 +16,11 @@ use crate::state::TunnelSpec;
 /// Encoding version written by this build. 2: sequence reservations ask for
 /// a count (they named an absolute number), tunnels carry a [`TunnelSpec`],
 /// forwarded writes answer with an [`crate::Outcome`]. 3: planned handovers
-/// start with [`Change::HandoverPrepared`].
-pub const WIRE_VERSION: u16 = 3;
+/// start with [`Change::HandoverPrepared`]. 4: reservations name the child
+/// by the inbound SPI this cluster chose ([`Change::SeqBlockReservedFor`]),
+/// revocations ([`Change::CertRevoked`]), outcomes say what was refused, and
+/// snapshots bind their metadata.
+pub const WIRE_VERSION: u16 = 4;
 
 /// One Raft entry's worth of changes, applied atomically: everything one step of
 /// a gateway's IKE endpoint changed, so the reply it releases after the commit
@@ -81,10 +84,9 @@ pub enum Change {
         from: NodeId,
         to: NodeId,
     },
-    /// The next `count` outbound sequence numbers of a child, after every
-    /// number reserved before, may be used by `node` if it owns the child's
-    /// tunnel. Relative, so a node with a stale view of the state (one that
-    /// just restarted) cannot be granted numbers another node used.
+    /// Before WIRE_VERSION 4: [`Change::SeqBlockReservedFor`], naming the
+    /// child by its peer-chosen outbound SPI, which two tunnels' peers can
+    /// share. Only read from old logs.
     SeqBlockReserved {
         outbound_spi: u32,
         node: NodeId,
@@ -111,6 +113,34 @@ pub enum Change {
         from: NodeId,
         to: NodeId,
     },
+    /// The next `count` outbound sequence numbers of the child whose inbound
+    /// SPI (this cluster's choice) is `inbound_spi`, after every number
+    /// reserved before, may be used by `node` if it owns the child's
+    /// tunnel. Relative, so a node with a stale view of the state (one that
+    /// just restarted) cannot be granted numbers another node used.
+    SeqBlockReservedFor {
+        inbound_spi: u32,
+        node: NodeId,
+        count: u64,
+    },
+    /// A certificate that no member admits from now on.
+    CertRevoked(crate::trust::Revoked),
+}
+
+impl Change {
+    /// The member a change speaks for, where it speaks for one: a member
+    /// may forward only changes in its own name (its lease, its IKE state,
+    /// its reservations, its probes); the leader refuses others.
+    pub fn speaks_for(&self) -> Option<NodeId> {
+        match self {
+            Change::IkeSaCommitted { by, .. } => Some(*by),
+            Change::LeaseRenewed { node, .. }
+            | Change::SeqBlockReserved { node, .. }
+            | Change::SeqBlockReservedFor { node, .. }
+            | Change::Probe { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +165,13 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
         Ok(v) => v,
         Err(e) => panic!("postcard encoding failed: {e}"),
     }
+}
+
+/// The format version an encoding says it has.
+pub fn version_of(bytes: &[u8]) -> Option<u16> {
+    bytes
+        .split_first_chunk::<2>()
+        .map(|(v, _)| u16::from_le_bytes(*v))
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {

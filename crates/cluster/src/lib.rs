@@ -18,6 +18,7 @@ pub mod state;
 pub mod store;
 pub mod tls;
 pub mod transport;
+pub mod trust;
 
 mod network;
 

@@ -4,8 +4,8 @@
 //! encoding of openraft's own types ([`crate::command::encode`]).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use openraft::error::{
@@ -25,7 +25,9 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::command::{Command, WIRE_VERSION, decode, encode};
+use crate::store::Applied;
 use crate::transport::Transport;
+use crate::trust::{Caller, Refusals, Role, Rule};
 use crate::{Member, NodeId, Outcome, Raft, TypeConfig};
 
 fn payload<T: Serialize>(value: &T) -> Payload {
@@ -294,10 +296,16 @@ async fn await_learner(raft: &Raft, id: NodeId, member: &Member) -> Result<(), F
     })
 }
 
-/// The gRPC server side: hands each RPC to the local Raft.
+/// The gRPC server side: admits each RPC only from a current member
+/// (DESIGN.md invariant 8), then hands it to the local Raft.
 pub(crate) struct Service {
     pub raft: Raft,
     pub paused: Arc<AtomicBool>,
+    pub applied: Arc<RwLock<Applied>>,
+    /// Whether callers come over TLS (and so have certificates); the plain
+    /// transport's links never leave one process or simulation.
+    pub tls: bool,
+    pub refusals: Refusals,
 }
 
 impl std::fmt::Debug for Service {
@@ -310,19 +318,58 @@ fn bad_request(e: crate::command::CodecError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+impl Service {
+    /// Resolves the caller to a member of the applied membership, or
+    /// refuses the call: an operator's or viewer's certificate, a revoked
+    /// one, or a member's whose name is not (or no longer) in the
+    /// membership. A node that has applied no membership yet (it waits to
+    /// be added) admits any member certificate: its leader-to-be must reach
+    /// it before it can know who that is. Returns the caller's node id
+    /// (`None` in process, or before any membership).
+    fn admit<T>(&self, req: &Request<T>) -> Result<Option<NodeId>, Status> {
+        let id = match Caller::of(req, self.tls) {
+            Ok(Caller::InProcess) => return Ok(None),
+            Ok(Caller::Certified(id)) => id,
+            Err(rule) => return Err(self.refusals.refuse("(unnamed)", rule)),
+        };
+        let applied = self
+            .applied
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let who = id.to_string();
+        if applied.state.is_revoked(&id) {
+            return Err(self.refusals.refuse(&who, Rule::Revoked));
+        }
+        if id.role != Role::Member {
+            return Err(self.refusals.refuse(&who, Rule::NotAMember));
+        }
+        let membership = applied.membership.membership();
+        if membership.nodes().next().is_none() {
+            return Ok(None);
+        }
+        match membership.nodes().find(|(_, m)| m.name == id.name) {
+            Some((node, _)) => Ok(Some(*node)),
+            None => Err(self.refusals.refuse(&who, Rule::NotInMembership)),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl raft_server::Raft for Service {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = unpack(req.get_ref()).map_err(bad_request)?;
         Ok(Response::new(payload(&self.raft.append_entries(rpc).await)))
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&req)?;
         let rpc: VoteRequest<NodeId> = unpack(req.get_ref()).map_err(bad_request)?;
         Ok(Response::new(payload(&self.raft.vote(rpc).await)))
     }
 
     async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&req)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = unpack(req.get_ref()).map_err(bad_request)?;
         Ok(Response::new(payload(
             &self.raft.install_snapshot(rpc).await,
@@ -330,7 +377,21 @@ impl raft_server::Raft for Service {
     }
 
     async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let caller = self.admit(&req)?;
         let fwd: Forward = unpack(req.get_ref()).map_err(bad_request)?;
+        // A member speaks only for itself: another's lease renewed, IKE
+        // state or reservations in another's name would let one member
+        // keep a dead one's tunnels from moving, or take its numbers.
+        if let (Some(node), Forward::Write(cmd)) = (caller, &fwd)
+            && cmd
+                .changes
+                .iter()
+                .any(|c| c.speaks_for().is_some_and(|n| n != node))
+        {
+            return Err(self
+                .refusals
+                .refuse(&format!("node {node}"), Rule::NotItsOwn));
+        }
         Ok(Response::new(payload(
             &execute(&self.raft, &self.paused, &fwd).await,
         )))

@@ -17,6 +17,7 @@ use crate::network::{Forward, Network, Service, execute, forward};
 pub use crate::store::StateEvent;
 use crate::store::{self, Applied, Disk};
 use crate::transport::Transport;
+use crate::trust::Refusals;
 use crate::{Change, ClusterState, Command, Member, NodeId, Outcome, Raft, StorageKey};
 
 /// How long a proposal may take, leader changes and forwarding included,
@@ -85,6 +86,8 @@ pub enum ClusterError {
     Unreachable { leader: String, reason: String },
     #[error("not committed within {0:?}")]
     Timeout(Duration),
+    #[error("committed but refused by the state machine: {0}")]
+    Rejected(String),
 }
 
 pub struct Cluster {
@@ -181,6 +184,9 @@ impl Cluster {
             .add_service(RaftServer::new(Service {
                 raft: raft.clone(),
                 paused: paused.clone(),
+                applied: applied.clone(),
+                tls: matches!(cfg.transport, Transport::Tls(_)),
+                refusals: Refusals::new("raft"),
             }));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let stopped = async {
@@ -284,8 +290,14 @@ impl Cluster {
 
     /// Commits a command on a quorum (forwarding to the leader if this node is
     /// not it) and returns, once the leader applied it, what applying did.
+    /// A command the state machine refused (nothing of it applied) is an
+    /// error naming why.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ClusterError> {
-        self.submit(Forward::Write(cmd), PROPOSE_TIMEOUT).await
+        let outcome = self.submit(Forward::Write(cmd), PROPOSE_TIMEOUT).await?;
+        match outcome.refused {
+            Some(message) => Err(ClusterError::Rejected(message)),
+            None => Ok(outcome),
+        }
     }
 
     /// Adds a member: first as a learner that catches up, then as a voter

@@ -54,11 +54,10 @@ impl StorageKey {
             path: path.display().to_string(),
             reason,
         };
-        check_private(path).map_err(fail)?;
-        let text = zeroize::Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?,
-        );
-        let hex = text.trim();
+        let bytes = read_private(path).map_err(fail)?;
+        let hex = std::str::from_utf8(&bytes)
+            .map_err(|_| fail("expected 64 hex digits (32 bytes)".into()))?
+            .trim();
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(fail("expected 64 hex digits (32 bytes)".into()));
         }
@@ -139,10 +138,26 @@ impl StorageKey {
     }
 }
 
-/// Errors unless `path` is a regular file that group and others cannot access.
-pub fn check_private(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+/// Reads a private key file: a regular file (not a link to one, which
+/// whoever can write its directory could point elsewhere) owned by this
+/// process's user, that group and others cannot access, as ssh demands of
+/// private keys. The checks are made on the open file, so the file read is
+/// the file checked. The contents zeroize on drop.
+pub fn read_private(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => "is a symbolic link; name the file itself".to_owned(),
+            _ => e.to_string(),
+        })?;
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(format!(
@@ -150,7 +165,20 @@ pub fn check_private(path: &Path) -> Result<(), String> {
             path.display()
         ));
     }
-    Ok(())
+    // /proc/self belongs to the process's effective user (Linux, where
+    // tandemd runs); without it the owner goes unchecked.
+    if let Ok(me) = std::fs::metadata("/proc/self")
+        && me.uid() != meta.uid()
+    {
+        return Err(format!(
+            "owned by uid {}, not by this process's uid {}; run chown",
+            meta.uid(),
+            me.uid()
+        ));
+    }
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    f.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    Ok(bytes)
 }
 
 /// Creates `path` with mode 0600 (never widening an existing file's mode: it
@@ -221,6 +249,11 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = StorageKey::load(&path).unwrap_err().to_string();
         assert!(err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let err = StorageKey::load(&link).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
         let short = dir.path().join("short.key");
         write_private(&short, b"abcd\n").unwrap();
         assert!(

@@ -64,6 +64,30 @@ fn write_logs_err(e: impl std::error::Error + 'static) -> SError {
     StorageIOError::write_logs(&e).into()
 }
 
+const LEGACY_SNAPSHOT_AAD: &[u8] = b"snapshot";
+
+/// A snapshot written before WIRE_VERSION 4: its state had no revocations
+/// (the last field, so an empty set's one byte completes it), and its
+/// reservations were keyed by outbound SPI; they are keyed by the child's
+/// inbound SPI now.
+fn upgrade_v3_snapshot(plain: &[u8]) -> Result<Applied, crate::command::CodecError> {
+    let mut bytes = zeroize::Zeroizing::new(plain.to_vec());
+    bytes.push(0);
+    let mut applied: Applied = decode(&bytes)?;
+    let state = &mut applied.state;
+    let by_outbound = std::mem::take(&mut state.seq_reservations);
+    for (outbound_spi, r) in by_outbound {
+        if let Some(child) = state
+            .child_sas
+            .values()
+            .find(|c| c.outbound_spi == outbound_spi)
+        {
+            state.seq_reservations.insert(child.inbound_spi, r);
+        }
+    }
+    Ok(applied)
+}
+
 /// What the state machine tells the gateway after applying.
 #[derive(Debug, Clone)]
 pub enum StateEvent {
@@ -132,7 +156,7 @@ pub fn open(
         txn.commit().map_err(write_err)?;
     }
     let applied = match shared.snapshot()? {
-        Some((_, data)) => shared.open_snapshot(&data)?,
+        Some((meta, data)) => shared.open_snapshot(meta.last_log_id, &data)?,
         None => Applied::default(),
     };
     let (events, rx) = mpsc::unbounded_channel();
@@ -232,12 +256,43 @@ impl Shared {
         Ok(Some((meta, data)))
     }
 
-    fn open_snapshot(&self, sealed: &[u8]) -> Result<Applied, SError> {
-        let plain = self
-            .key
-            .open(b"snapshot", sealed)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        decode(&plain).map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    /// What a snapshot is sealed to: the log position its metadata names,
+    /// so a snapshot cannot be put back under another's metadata.
+    fn snapshot_aad(last: Option<LogId<NodeId>>) -> Vec<u8> {
+        let mut aad = b"snapshot at ".to_vec();
+        if let Some(l) = last {
+            aad.extend_from_slice(&l.leader_id.term.to_be_bytes());
+            aad.extend_from_slice(&l.leader_id.node_id.to_be_bytes());
+            aad.extend_from_slice(&l.index.to_be_bytes());
+        }
+        aad
+    }
+
+    fn open_snapshot(&self, last: Option<LogId<NodeId>>, sealed: &[u8]) -> Result<Applied, SError> {
+        let fail = |e: &dyn std::error::Error| -> SError {
+            StorageIOError::read_snapshot(None, openraft::AnyError::error(e.to_string())).into()
+        };
+        let plain = match self.key.open(&Self::snapshot_aad(last), sealed) {
+            Ok(plain) => plain,
+            // Builds before WIRE_VERSION 4 sealed every snapshot to the same
+            // words; such a snapshot is read once (the next one is bound),
+            // never one that says it is newer.
+            Err(crate::seal::SealError::Authentication) => {
+                let plain = self
+                    .key
+                    .open(LEGACY_SNAPSHOT_AAD, sealed)
+                    .map_err(|e| fail(&e))?;
+                match crate::command::version_of(&plain) {
+                    Some(v) if v < 4 => plain,
+                    _ => return Err(fail(&crate::seal::SealError::Authentication)),
+                }
+            }
+            Err(e) => return Err(fail(&e)),
+        };
+        match crate::command::version_of(&plain) {
+            Some(v) if v < 4 => upgrade_v3_snapshot(&plain).map_err(|e| fail(&e)),
+            _ => decode(&plain).map_err(|e| fail(&e)),
+        }
     }
 
     fn save_snapshot(
@@ -653,9 +708,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(cmd) => {
-                    let applied = match a.state.apply_command(&cmd.changes) {
-                        Some(done) => {
-                            outcome = done;
+                    outcome = a.state.apply_command(&cmd.changes);
+                    let applied = match &outcome.refused {
+                        None => {
                             for change in &cmd.changes {
                                 if let Change::LeaseRenewed { node, .. } = change {
                                     lock(&self.leases).observe(
@@ -667,10 +722,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             }
                             cmd.changes
                         }
-                        None => {
+                        Some(reason) => {
                             tracing::warn!(
                                 index = entry.log_id.index,
-                                "refused IKE state from a node that no longer owns its tunnel"
+                                reason,
+                                "committed command refused by the state machine; nothing of it applied"
                             );
                             Vec::new()
                         }
@@ -704,7 +760,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SError> {
         let sealed = snapshot.into_inner();
-        let applied = self.shared.open_snapshot(&sealed)?;
+        let applied = self.shared.open_snapshot(meta.last_log_id, &sealed)?;
         self.shared.save_snapshot(meta, &sealed)?;
         *self.write() = applied;
         let _ = self.events.send(StateEvent::Reset);
@@ -725,7 +781,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let a = self.read();
             let plain = zeroize::Zeroizing::new(encode(&*a));
             (
-                self.shared.key.seal(b"snapshot", &plain),
+                self.shared
+                    .key
+                    .seal(&Shared::snapshot_aad(a.last_applied), &plain),
                 a.last_applied,
                 a.membership.clone(),
             )
@@ -765,8 +823,8 @@ pub fn durable_sas(disk: &MemoryDisk, key: &StorageKey) -> Result<DurableSas, SE
     };
     let mut children = BTreeSet::new();
     let mut ike = BTreeSet::new();
-    if let Some((_, data)) = shared.snapshot()? {
-        let applied = shared.open_snapshot(&data)?;
+    if let Some((meta, data)) = shared.snapshot()? {
+        let applied = shared.open_snapshot(meta.last_log_id, &data)?;
         children.extend(applied.state.child_sas.keys().copied());
         ike.extend(
             applied

@@ -1,7 +1,9 @@
-//! The cluster's PKI: a cluster CA, one certificate per node (used both as TLS
-//! server and client: node-to-node gRPC is mutual TLS, invariant 6), and the
-//! tonic TLS configurations built from them. A peer without a certificate
-//! signed by the cluster CA cannot complete a handshake.
+//! The cluster's PKI: a cluster CA, one certificate per member (used both as
+//! TLS server and client: node-to-node gRPC is mutual TLS, invariant 6) and
+//! per operator (client only), and the tonic TLS configurations built from
+//! them. A peer without a certificate signed by the cluster CA cannot
+//! complete a handshake; what a signed one may do is its [`Role`]'s (see
+//! [`crate::trust`]).
 //!
 //! Layout of a PKI directory, as `tandemd cert` writes it: `ca.pem`, `ca.key`,
 //! `storage.key` (the cluster storage key, see [`crate::seal`]), and
@@ -16,7 +18,8 @@ use rcgen::{
 };
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use crate::seal::{StorageKey, check_private, write_private};
+use crate::seal::{StorageKey, read_private, write_private};
+pub use crate::trust::Role;
 
 const CA_NAME: &str = "Tandem cluster CA";
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
@@ -30,7 +33,7 @@ pub enum TlsError {
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
     #[error(
-        "node name {0:?}: use letters, digits, '-' and '.' (it becomes a DNS name in the certificate)"
+        "name {0:?}: use letters, digits, '-' and '.' (it becomes a DNS name in the certificate)"
     )]
     BadName(String),
     #[error(transparent)]
@@ -46,6 +49,13 @@ fn file_err(path: &Path, e: impl std::fmt::Display) -> TlsError {
 
 fn read(path: &Path) -> Result<String, TlsError> {
     std::fs::read_to_string(path).map_err(|e| file_err(path, e))
+}
+
+fn read_key(path: &Path) -> Result<zeroize::Zeroizing<String>, TlsError> {
+    let bytes = read_private(path).map_err(|e| file_err(path, e))?;
+    std::str::from_utf8(&bytes)
+        .map(|s| zeroize::Zeroizing::new(s.to_owned()))
+        .map_err(|_| file_err(path, "not a PEM file"))
 }
 
 fn ca_params() -> Result<CertificateParams, TlsError> {
@@ -80,32 +90,34 @@ pub fn init(dir: &Path) -> Result<(), TlsError> {
     Ok(())
 }
 
-/// Issues `NODE.pem` / `NODE.key` in `dir`, signed by the CA there. The node's
-/// name is the certificate's DNS name, which its peers verify.
-pub fn issue(dir: &Path, name: &str) -> Result<(), TlsError> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !name.starts_with(['-', '.']);
-    if !valid {
-        return Err(TlsError::BadName(name.to_owned()));
-    }
+/// Issues `NAME.pem` / `NAME.key` in `dir`, signed by the CA there. A
+/// member's name is the certificate's DNS name, which its peers verify and
+/// which must be in the cluster's membership for its Raft calls to be
+/// admitted; the role travels as the subject's organizational unit.
+/// Returns the new certificate's serial (as [`crate::trust::Identity`] reads it).
+pub fn issue(dir: &Path, name: &str, role: Role) -> Result<String, TlsError> {
+    check_name(name)?;
     let ca_key_path = dir.join("ca.key");
-    check_private(&ca_key_path).map_err(|e| file_err(&ca_key_path, e))?;
-    let ca_key = KeyPair::from_pem(&read(&ca_key_path)?)?;
+    let ca_key = KeyPair::from_pem(&read_key(&ca_key_path)?)?;
     // The issuer is rebuilt from the CA's fixed parameters and its key: the
     // subject name and key identifier are all a signature needs.
     let issuer = Issuer::new(ca_params()?, ca_key);
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec![name.to_owned()])?;
     params.distinguished_name.push(DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, role.unit());
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    // Only members serve: an operator's certificate cannot stand in for a
+    // member's listener even where a client skipped the name check.
+    params.extended_key_usages = match role {
+        Role::Member => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        Role::Operator | Role::Viewer => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, NODE_VALIDITY);
     let cert = params.signed_by(&key, &issuer)?;
@@ -113,7 +125,24 @@ pub fn issue(dir: &Path, name: &str) -> Result<(), TlsError> {
     write_private(&key_path, key.serialize_pem().as_bytes()).map_err(|e| file_err(&key_path, e))?;
     let cert_path = dir.join(format!("{name}.pem"));
     std::fs::write(&cert_path, cert.pem()).map_err(|e| file_err(&cert_path, e))?;
-    Ok(())
+    crate::trust::Identity::from_der(cert.der())
+        .map(|id| id.serial)
+        .map_err(|e| file_err(&cert_path, e))
+}
+
+/// A certificate name: it becomes a DNS name, so letters, digits, '-' and
+/// '.', at most 63 of them.
+pub fn check_name(name: &str) -> Result<(), TlsError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.']);
+    match valid {
+        true => Ok(()),
+        false => Err(TlsError::BadName(name.to_owned())),
+    }
 }
 
 /// A node's TLS material: the cluster CA, its certificate and key.
@@ -125,10 +154,9 @@ pub struct NodeTls {
 
 impl NodeTls {
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        check_private(key).map_err(|e| file_err(key, e))?;
         Ok(Self {
             ca: Certificate::from_pem(read(ca)?),
-            identity: Identity::from_pem(read(cert)?, read(key)?),
+            identity: Identity::from_pem(read(cert)?, read_key(key)?.as_bytes()),
         })
     }
 

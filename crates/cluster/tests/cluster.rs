@@ -36,7 +36,7 @@ impl Net {
         tls::init(&root.join("pki")).unwrap();
         let mut ports = BTreeMap::new();
         for id in 1..=n {
-            tls::issue(&root.join("pki"), &format!("n{id}")).unwrap();
+            tls::issue(&root.join("pki"), &format!("n{id}"), tls::Role::Member).unwrap();
             ports.insert(id, free_port());
         }
         Self {
@@ -229,7 +229,7 @@ async fn a_node_from_another_ca_cannot_join() {
     // Node 2 has a certificate with the right name from a different CA.
     let rogue_pki = net.root.join("rogue-pki");
     tls::init(&rogue_pki).unwrap();
-    tls::issue(&rogue_pki, "n2").unwrap();
+    tls::issue(&rogue_pki, "n2", tls::Role::Member).unwrap();
     let mut cfg = net.config(2, &rogue_pki);
     cfg.storage_key = StorageKey::load(&net.root.join("pki/storage.key")).unwrap();
     let rogue = Cluster::start(cfg).await.unwrap();

@@ -1,7 +1,7 @@
 //! `tandemctl`: the operators' CLI over the admin gRPC API (proto/admin.proto)
 //! that every cluster member serves on `[cluster] admin_listen`. It speaks
-//! mutual TLS with a certificate from the cluster CA, e.g. one issued with
-//! `tandemd cert issue --dir PKI operator`.
+//! mutual TLS with an operator's or viewer's certificate from the cluster CA,
+//! e.g. one issued with `tandemd cert issue --dir PKI --role operator operator`.
 
 use std::path::PathBuf;
 
@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tandem_rpc::admin::admin_client::AdminClient;
 use tandem_rpc::admin::{
     DrainRequest, HandoverRequest, MemberAddRequest, MemberRemoveRequest, PeerConfigRequest,
-    StatusReply, StatusRequest, TunnelApplyRequest, TunnelRemoveRequest,
+    RevokeRequest, StatusReply, StatusRequest, TunnelApplyRequest, TunnelRemoveRequest,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -97,6 +97,15 @@ enum Cmd {
         #[arg(long, value_parser = ["swanctl", "cisco-ios", "generic"], default_value = "swanctl")]
         format: String,
         /// {"tunnel", "format", "config"}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revokes a certificate: every member refuses it from the next commit
+    /// on. SERIAL as `tandemd cert issue` printed it (hex), or a NAME to
+    /// refuse every certificate of that name; `serial:` or `name:` in front
+    /// says which where it could be either.
+    Revoke {
+        certificate: String,
         #[arg(long)]
         json: bool,
     },
@@ -226,6 +235,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(refused)?;
             print_action(&reply.into_inner().result_json, json)?;
         }
+        Cmd::Revoke { certificate, json } => {
+            let reply = client
+                .revoke(RevokeRequest { certificate })
+                .await
+                .map_err(refused)?;
+            print_action(&reply.into_inner().result_json, json)?;
+        }
         Cmd::PeerConfig {
             tunnel,
             format,
@@ -311,6 +327,12 @@ fn print_action(result_json: &str, json: bool) -> anyhow::Result<()> {
 }
 
 fn describe_action(v: &serde_json::Value) -> String {
+    if let Some(revoked) = v["revoked"].as_str() {
+        return format!(
+            "revoked {revoked} (applied at index {})\n",
+            v["applied_index"]
+        );
+    }
     if let Some(moved) = v["moved"].as_array() {
         if moved.is_empty() {
             return "nothing to move\n".to_owned();

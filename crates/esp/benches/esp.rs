@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tandem_crypto::aead::aes_gcm;
 use tandem_crypto::{AeadBackend, EncrAlg, Secret};
-use tandem_esp::{PacketBuf, SaParams, Sadb, Selector};
+use tandem_esp::{PacketBuf, SaParams, Sadb, Selector, Selectors};
 
 const INNER: usize = 1400;
 const BATCH: usize = 32;
@@ -61,17 +61,25 @@ fn bench(c: &mut Criterion) {
         for key_bits in [128u16, 256] {
             let encr = EncrAlg::AesGcm16 { key_bits };
             let mut tx = Sadb::with_backend(backend);
+            let selectors = Selectors {
+                local: selector([10, 2, 0, 0], [10, 2, 255, 255]),
+                remote: selector([10, 1, 0, 0], [10, 1, 255, 255]),
+            };
             tx.install_outbound(
+                1,
                 params(encr),
-                selector([10, 2, 0, 0], [10, 2, 255, 255]),
-                selector([10, 1, 0, 0], [10, 1, 255, 255]),
+                selectors.clone(),
                 "192.0.2.1:4500".parse().unwrap(),
                 "192.0.2.2:4500".parse().unwrap(),
             )
             .unwrap();
             // A huge window: the bench opens every packet once, in order.
             let mut rx = Sadb::with_backend(backend);
-            rx.install_inbound(params(encr), 4096).unwrap();
+            let reverse = Selectors {
+                local: selectors.remote,
+                remote: selectors.local,
+            };
+            rx.install_inbound(params(encr), 4096, reverse).unwrap();
             let template = inner_packet().data().to_vec();
             let mut bufs: Vec<PacketBuf> = (0..BATCH).map(|_| inner_packet()).collect();
             let mut results = Vec::with_capacity(BATCH);

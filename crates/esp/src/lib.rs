@@ -10,6 +10,6 @@ pub mod wire;
 
 pub use sadb::{
     EspError, MAX_INNER, NEXT_HEADER_DUMMY, Opened, PacketBuf, SaParams, SaStats, Sadb, Sealed,
-    Selector,
+    Selector, Selectors,
 };
 pub use wire::{Datagram, NAT_KEEPALIVE, classify};

@@ -41,6 +41,29 @@ pub struct Selector {
     pub end: IpAddr,
 }
 
+/// A child SA's traffic selectors (RFC 7296 section 2.9), from this
+/// gateway's side: `local` covers the addresses behind it, `remote` those
+/// behind the peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selectors {
+    pub local: Vec<Selector>,
+    pub remote: Vec<Selector>,
+}
+
+impl Selectors {
+    /// Whether a packet from `src` to `dst` belongs to the SA: outbound,
+    /// `src` is local; inbound (`reverse`), `src` is the peer's.
+    fn allow(&self, f: &Flow, reverse: bool) -> bool {
+        let (from, to) = match reverse {
+            false => (&self.local, &self.remote),
+            true => (&self.remote, &self.local),
+        };
+        from.iter()
+            .any(|s| s.contains(f.src, f.protocol, f.src_port))
+            && to.iter().any(|s| s.contains(f.dst, f.protocol, f.dst_port))
+    }
+}
+
 impl Selector {
     fn contains(&self, addr: IpAddr, protocol: u8, port: u16) -> bool {
         let in_range = match (self.start, self.end, addr) {
@@ -71,6 +94,15 @@ pub enum EspError {
     Malformed(&'static str),
     #[error("no outbound SA matches the packet's addresses")]
     NoSelectorMatch,
+    /// RFC 4301 section 5.2: a decrypted packet outside its SA's traffic
+    /// selectors (a peer sending for addresses it was not given).
+    #[error("decrypted packet outside its SA's traffic selectors")]
+    OutsideSelectors,
+    /// The SA is installed here as a standby: another node owns it, and
+    /// this node's replay window is not the one that counts (a replayed
+    /// packet sent to every node must be accepted at most once).
+    #[error("SA {0:08x} is owned by another node")]
+    NotAccepting(u32),
     #[error("outbound sequence numbers exhausted up to the reserved ceiling")]
     SeqBlockExhausted,
     #[error("bad SA parameters: {0}")]
@@ -92,6 +124,10 @@ pub struct SaStats {
     pub bytes: u64,
     pub replay_drops: u64,
     pub integrity_failures: u64,
+    /// Inbound: authentic packets dropped for their inner addresses.
+    pub selector_drops: u64,
+    /// Inbound: packets dropped unopened because another node owns the SA.
+    pub standby_drops: u64,
     /// Inbound: the replay high-water mark. Outbound: the last sequence number used.
     pub highest_seq: u64,
 }
@@ -160,11 +196,18 @@ struct InboundSa {
     cipher: SaCipher,
     esn: bool,
     replay: ReplayWindow,
+    selectors: Selectors,
+    /// Whether packets are opened at all (see [`Sadb::set_accepting`]).
+    accepting: bool,
     stats: SaStats,
 }
 
 #[derive(Debug)]
 struct OutboundSa {
+    /// Who installed it knows it by this (the gateway: its child's inbound
+    /// SPI); the wire SPI is the peer's choice, and two peers may choose
+    /// the same one.
+    id: u32,
     spi: u32,
     cipher: SaCipher,
     esn: bool,
@@ -172,26 +215,13 @@ struct OutboundSa {
     next_seq: u64,
     /// Highest sequence number this node may use (invariant 3: never reuse).
     ceiling: u64,
-    local_selectors: Vec<Selector>,
-    remote_selectors: Vec<Selector>,
+    selectors: Selectors,
     local: SocketAddr,
     remote: SocketAddr,
     stats: SaStats,
 }
 
-impl OutboundSa {
-    fn matches(&self, f: &Flow) -> bool {
-        self.local_selectors
-            .iter()
-            .any(|s| s.contains(f.src, f.protocol, f.src_port))
-            && self
-                .remote_selectors
-                .iter()
-                .any(|s| s.contains(f.dst, f.protocol, f.dst_port))
-    }
-}
-
-/// Every SA of a node, inbound by SPI, outbound in install order.
+/// Every SA of a node, inbound by SPI, outbound by id in install order.
 #[derive(Debug, Default)]
 pub struct Sadb {
     backend: AeadBackend,
@@ -225,10 +255,14 @@ impl Sadb {
         .map_err(|e| EspError::BadParams(e.to_string()))
     }
 
+    /// Installs an inbound SA whose decrypted packets must lie within
+    /// `selectors` (from this gateway's side: sources in `remote`,
+    /// destinations in `local`).
     pub fn install_inbound(
         &mut self,
         params: SaParams,
         replay_window: u32,
+        selectors: Selectors,
     ) -> Result<(), EspError> {
         if self.inbound.contains_key(&params.spi) {
             return Err(EspError::DuplicateSpi(params.spi));
@@ -237,31 +271,35 @@ impl Sadb {
             cipher: self.cipher(&params)?,
             esn: params.esn,
             replay: ReplayWindow::new(replay_window)?,
+            selectors,
+            accepting: true,
             stats: SaStats::default(),
         };
         self.inbound.insert(params.spi, sa);
         Ok(())
     }
 
+    /// Installs an outbound SA, known from then on by `id` (unique among
+    /// this database's outbound SAs).
     pub fn install_outbound(
         &mut self,
+        id: u32,
         params: SaParams,
-        local_selectors: Vec<Selector>,
-        remote_selectors: Vec<Selector>,
+        selectors: Selectors,
         local: SocketAddr,
         remote: SocketAddr,
     ) -> Result<(), EspError> {
-        if self.outbound.iter().any(|sa| sa.spi == params.spi) {
-            return Err(EspError::DuplicateSpi(params.spi));
+        if self.outbound.iter().any(|sa| sa.id == id) {
+            return Err(EspError::DuplicateSpi(id));
         }
         self.outbound.push(OutboundSa {
+            id,
             spi: params.spi,
             cipher: self.cipher(&params)?,
             esn: params.esn,
             next_seq: 1,
             ceiling: max_seq(params.esn),
-            local_selectors,
-            remote_selectors,
+            selectors,
             local,
             remote,
             stats: SaStats::default(),
@@ -273,20 +311,16 @@ impl Sadb {
         self.inbound.remove(&spi).is_some()
     }
 
-    pub fn remove_outbound(&mut self, spi: u32) -> bool {
+    pub fn remove_outbound(&mut self, id: u32) -> bool {
         let before = self.outbound.len();
-        self.outbound.retain(|sa| sa.spi != spi);
+        self.outbound.retain(|sa| sa.id != id);
         self.outbound.len() != before
     }
 
     /// Sets the highest sequence number the SA may use (capped at what the
     /// counter allows without ESN: it must never wrap).
-    pub fn set_seq_ceiling(&mut self, spi: u32, ceiling: u64) -> Result<(), EspError> {
-        let sa = self
-            .outbound
-            .iter_mut()
-            .find(|sa| sa.spi == spi)
-            .ok_or(EspError::UnknownSpi(spi))?;
+    pub fn set_seq_ceiling(&mut self, id: u32, ceiling: u64) -> Result<(), EspError> {
+        let sa = self.outbound_mut(id)?;
         sa.ceiling = ceiling.min(max_seq(sa.esn));
         Ok(())
     }
@@ -294,24 +328,27 @@ impl Sadb {
     /// Moves an outbound SA's next sequence number forward: a node taking
     /// over an SA starts above every number another node may have used
     /// (invariant 3). Never backward.
-    pub fn advance_seq(&mut self, spi: u32, next: u64) -> Result<(), EspError> {
-        let sa = self
-            .outbound
-            .iter_mut()
-            .find(|sa| sa.spi == spi)
-            .ok_or(EspError::UnknownSpi(spi))?;
+    pub fn advance_seq(&mut self, id: u32, next: u64) -> Result<(), EspError> {
+        let sa = self.outbound_mut(id)?;
         if next < sa.next_seq {
-            return Err(EspError::SeqBackwards(spi));
+            return Err(EspError::SeqBackwards(sa.spi));
         }
         sa.next_seq = next;
         Ok(())
     }
 
+    fn outbound_mut(&mut self, id: u32) -> Result<&mut OutboundSa, EspError> {
+        self.outbound
+            .iter_mut()
+            .find(|sa| sa.id == id)
+            .ok_or(EspError::UnknownSpi(id))
+    }
+
     /// An outbound SA's next sequence number and its ceiling.
-    pub fn outbound_seq(&self, spi: u32) -> Option<(u64, u64)> {
+    pub fn outbound_seq(&self, id: u32) -> Option<(u64, u64)> {
         self.outbound
             .iter()
-            .find(|sa| sa.spi == spi)
+            .find(|sa| sa.id == id)
             .map(|sa| (sa.next_seq, sa.ceiling))
     }
 
@@ -328,6 +365,17 @@ impl Sadb {
         Ok(())
     }
 
+    /// Whether an inbound SA opens packets: a hot standby holds the SA's
+    /// keys but refuses its packets, unopened, until it takes the SA over
+    /// and raises its window to the replicated mark.
+    pub fn set_accepting(&mut self, spi: u32, accepting: bool) -> Result<(), EspError> {
+        self.inbound
+            .get_mut(&spi)
+            .ok_or(EspError::UnknownSpi(spi))?
+            .accepting = accepting;
+        Ok(())
+    }
+
     pub fn inbound_stats(&self, spi: u32) -> Option<SaStats> {
         self.inbound.get(&spi).map(|sa| SaStats {
             highest_seq: sa.replay.highest(),
@@ -335,10 +383,10 @@ impl Sadb {
         })
     }
 
-    pub fn outbound_stats(&self, spi: u32) -> Option<SaStats> {
+    pub fn outbound_stats(&self, id: u32) -> Option<SaStats> {
         self.outbound
             .iter()
-            .find(|sa| sa.spi == spi)
+            .find(|sa| sa.id == id)
             .map(|sa| SaStats {
                 highest_seq: sa.next_seq - 1,
                 ..sa.stats
@@ -356,6 +404,10 @@ impl Sadb {
             .inbound
             .get_mut(&spi)
             .ok_or(EspError::UnknownSpi(spi))?;
+        if !sa.accepting {
+            sa.stats.standby_drops += 1;
+            return Err(EspError::NotAccepting(spi));
+        }
         let Some(seq) = sa.replay.check(low, sa.esn) else {
             sa.stats.replay_drops += 1;
             return Err(EspError::Replay);
@@ -389,7 +441,15 @@ impl Sadb {
         if !pad_ok {
             return Err(EspError::Malformed("bad padding"));
         }
+        // Authentic, so its sequence number is spent whatever follows.
         sa.replay.commit(seq);
+        let inner = &body[..inner_len];
+        if next_header != NEXT_HEADER_DUMMY
+            && !flow(inner).is_some_and(|f| sa.selectors.allow(&f, true))
+        {
+            sa.stats.selector_drops += 1;
+            return Err(EspError::OutsideSelectors);
+        }
         sa.stats.packets += 1;
         sa.stats.bytes += inner_len as u64;
         Ok(Opened {
@@ -418,7 +478,7 @@ impl Sadb {
             .outbound
             .iter_mut()
             .rev()
-            .find(|sa| sa.matches(&flow))
+            .find(|sa| sa.selectors.allow(&flow, false))
             .ok_or(EspError::NoSelectorMatch)?;
         if sa.next_seq > sa.ceiling {
             return Err(EspError::SeqBlockExhausted);
@@ -470,6 +530,22 @@ mod tests {
     const LOCAL: &str = "192.0.2.1:4500";
     const REMOTE: &str = "192.0.2.2:4500";
 
+    /// What the sender of `pair` protects: 10.2/16 to 10.1/16.
+    fn sender_selectors() -> Selectors {
+        Selectors {
+            local: any_v4([10, 2, 0, 0], [10, 2, 255, 255]),
+            remote: any_v4([10, 1, 0, 0], [10, 1, 255, 255]),
+        }
+    }
+
+    fn receiver_selectors() -> Selectors {
+        let Selectors { local, remote } = sender_selectors();
+        Selectors {
+            local: remote,
+            remote: local,
+        }
+    }
+
     fn any_v4(net: [u8; 4], last: [u8; 4]) -> Vec<Selector> {
         vec![Selector {
             ip_protocol: 0,
@@ -495,15 +571,15 @@ mod tests {
     fn pair(encr: EncrAlg, integ: Option<IntegAlg>, esn: bool) -> (Sadb, Sadb) {
         let mut tx = Sadb::new();
         tx.install_outbound(
+            0x1000,
             params(0x1000, encr, integ, esn),
-            any_v4([10, 2, 0, 0], [10, 2, 255, 255]),
-            any_v4([10, 1, 0, 0], [10, 1, 255, 255]),
+            sender_selectors(),
             LOCAL.parse().unwrap(),
             REMOTE.parse().unwrap(),
         )
         .unwrap();
         let mut rx = Sadb::new();
-        rx.install_inbound(params(0x1000, encr, integ, esn), 1024)
+        rx.install_inbound(params(0x1000, encr, integ, esn), 1024, receiver_selectors())
             .unwrap();
         (tx, rx)
     }
@@ -651,16 +727,22 @@ mod tests {
     #[test]
     fn newest_matching_sa_wins_and_unmatched_packets_are_refused() {
         let (mut tx, _) = pair(EncrAlg::AesGcm16 { key_bits: 128 }, None, false);
+        // Another peer chose the same wire SPI: its SA is told apart by id.
         tx.install_outbound(
-            params(0x2000, EncrAlg::AesGcm16 { key_bits: 128 }, None, false),
-            any_v4([10, 2, 0, 0], [10, 2, 255, 255]),
-            any_v4([10, 1, 0, 0], [10, 1, 255, 255]),
+            0x2000,
+            params(0x1000, EncrAlg::AesGcm16 { key_bits: 128 }, None, false),
+            sender_selectors(),
             LOCAL.parse().unwrap(),
             REMOTE.parse().unwrap(),
         )
         .unwrap();
-        assert_eq!(seal_one(&mut tx, &mut inner(40, 0)).unwrap().spi, 0x2000);
+        tx.advance_seq(0x2000, 77).unwrap();
+        let mut newest = inner(40, 0);
+        assert_eq!(seal_one(&mut tx, &mut newest).unwrap().spi, 0x1000);
+        assert_eq!(&newest.data()[4..8], &77u32.to_be_bytes());
         assert!(tx.remove_outbound(0x2000));
+        assert!(!tx.remove_outbound(0x2000));
+        assert_eq!(tx.outbound_seq(0x1000), Some((1, u64::from(u32::MAX))));
         assert_eq!(seal_one(&mut tx, &mut inner(40, 0)).unwrap().spi, 0x1000);
         let mut other = inner(40, 0);
         other.inner_mut()[16..20].copy_from_slice(&[10, 9, 0, 1]);
@@ -671,12 +753,67 @@ mod tests {
     }
 
     #[test]
+    fn authentic_packets_outside_the_selectors_are_dropped_and_counted() {
+        let (mut tx, mut rx) = pair(EncrAlg::AesGcm16 { key_bits: 128 }, None, false);
+        // The sender is free to seal anything (a hostile peer's is): widen
+        // what it protects, then send from outside what the receiver gave it.
+        tx.outbound[0].selectors.local = any_v4([0, 0, 0, 0], [255, 255, 255, 255]);
+        tx.outbound[0].selectors.remote = any_v4([0, 0, 0, 0], [255, 255, 255, 255]);
+        for (src, dst, allowed) in [
+            ([10, 2, 0, 9], [10, 1, 3, 4], true),
+            ([10, 9, 0, 1], [10, 1, 0, 1], false),
+            ([10, 2, 0, 1], [192, 0, 2, 1], false),
+            ([10, 1, 0, 1], [10, 1, 0, 2], false),
+        ] {
+            let mut buf = inner(60, 0);
+            buf.inner_mut()[12..16].copy_from_slice(&src);
+            buf.inner_mut()[16..20].copy_from_slice(&dst);
+            seal_one(&mut tx, &mut buf).unwrap();
+            let mut wire = buf.data().to_vec();
+            let opened = rx.open(&mut wire);
+            assert_eq!(opened.is_ok(), allowed, "{src:?} -> {dst:?}: {opened:?}");
+            if !allowed {
+                assert_eq!(opened, Err(EspError::OutsideSelectors));
+            }
+        }
+        let stats = rx.inbound_stats(0x1000).unwrap();
+        assert_eq!((stats.packets, stats.selector_drops), (1, 3));
+        // Not an inner IP packet at all: dropped too.
+        let mut buf = inner(60, 0);
+        buf.inner_mut()[0] = 0x00;
+        buf.set_inner_len(60);
+        assert!(seal_one(&mut tx, &mut buf).is_err(), "sender refuses it");
+    }
+
+    #[test]
+    fn a_standby_opens_nothing_until_it_accepts() {
+        let (mut tx, mut rx) = pair(EncrAlg::AesGcm16 { key_bits: 128 }, None, false);
+        let mut buf = inner(60, 0);
+        seal_one(&mut tx, &mut buf).unwrap();
+        let wire = buf.data().to_vec();
+        rx.set_accepting(0x1000, false).unwrap();
+        assert_eq!(
+            rx.open(&mut wire.clone()),
+            Err(EspError::NotAccepting(0x1000))
+        );
+        let stats = rx.inbound_stats(0x1000).unwrap();
+        assert_eq!((stats.standby_drops, stats.highest_seq), (1, 0));
+        rx.set_accepting(0x1000, true).unwrap();
+        assert!(rx.open(&mut wire.clone()).is_ok());
+        assert_eq!(
+            rx.set_accepting(0x9999, true),
+            Err(EspError::UnknownSpi(0x9999))
+        );
+    }
+
+    #[test]
     fn duplicate_and_unknown_spis() {
         let (_, mut rx) = pair(EncrAlg::AesGcm16 { key_bits: 128 }, None, false);
         assert_eq!(
             rx.install_inbound(
                 params(0x1000, EncrAlg::AesGcm16 { key_bits: 128 }, None, false),
-                1024
+                1024,
+                receiver_selectors(),
             ),
             Err(EspError::DuplicateSpi(0x1000))
         );

@@ -1,7 +1,10 @@
 //! The operators' gRPC API (proto/admin.proto) on `[cluster] admin_listen`,
 //! mutual TLS with the cluster CA. It is a typed front for the same commands
 //! the local control socket takes: they reach the node's main loop (or the
-//! witness's) the same way, so both paths behave alike.
+//! witness's) the same way, so both paths behave alike. Every call first
+//! resolves its caller's certificate to a role and refuses what that role
+//! may not do (DESIGN.md invariant 8): members' certificates are for Raft,
+//! viewers only read.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,11 +12,13 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tandem_cluster::Cluster;
 use tandem_cluster::tls::NodeTls;
+use tandem_cluster::trust::{Caller, Refusals, Revoked, Role, Rule};
+use tandem_cluster::{Change, Command as ClusterCommand};
 use tandem_rpc::admin::admin_server::{Admin, AdminServer};
 use tandem_rpc::admin::{
     ActionReply, DrainRequest, HandoverRequest, Member, MemberAddRequest, MemberRemoveRequest,
-    PeerConfigReply, PeerConfigRequest, StatusReply, StatusRequest, Tunnel, TunnelApplyRequest,
-    TunnelRemoveRequest,
+    PeerConfigReply, PeerConfigRequest, RevokeRequest, StatusReply, StatusRequest, Tunnel,
+    TunnelApplyRequest, TunnelRemoveRequest,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
@@ -23,9 +28,39 @@ use crate::control::{self, Command};
 struct Service {
     cluster: Arc<Cluster>,
     commands: mpsc::Sender<control::Request>,
+    refusals: Refusals,
+}
+
+/// What a call needs of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    /// Status and peer configuration: viewers too.
+    Read,
+    /// Anything that changes the cluster: operators only.
+    Operate,
 }
 
 impl Service {
+    /// The caller, if its certificate may make a call that `needs` this.
+    fn admit<T>(&self, req: &Request<T>, needs: Needs) -> Result<(), Status> {
+        let id = match Caller::of(req, true) {
+            Ok(Caller::Certified(id)) => id,
+            Ok(Caller::InProcess) => {
+                return Err(self.refusals.refuse("(unnamed)", Rule::NoCertificate));
+            }
+            Err(rule) => return Err(self.refusals.refuse("(unnamed)", rule)),
+        };
+        let who = id.to_string();
+        if self.cluster.read_state(|s| s.is_revoked(&id)) {
+            return Err(self.refusals.refuse(&who, Rule::Revoked));
+        }
+        match (id.role, needs) {
+            (Role::Member, _) => Err(self.refusals.refuse(&who, Rule::NotAnOperator)),
+            (Role::Viewer, Needs::Operate) => Err(self.refusals.refuse(&who, Rule::ReadOnly)),
+            (Role::Operator, _) | (Role::Viewer, Needs::Read) => Ok(()),
+        }
+    }
+
     async fn run(&self, cmd: Command) -> Result<String, Status> {
         let (reply, answer) = oneshot::channel();
         self.commands
@@ -41,7 +76,11 @@ impl Service {
 
 #[tonic::async_trait]
 impl Admin for Service {
-    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        self.admit(&request, Needs::Read)?;
         let detail_json = self.run(Command::Status).await?;
         let detail: serde_json::Value =
             serde_json::from_str(&detail_json).map_err(|e| Status::internal(e.to_string()))?;
@@ -87,6 +126,7 @@ impl Admin for Service {
         &self,
         request: Request<HandoverRequest>,
     ) -> Result<Response<ActionReply>, Status> {
+        self.admit(&request, Needs::Operate)?;
         let r = request.into_inner();
         let result_json = self
             .run(Command::Handover {
@@ -98,6 +138,7 @@ impl Admin for Service {
     }
 
     async fn drain(&self, request: Request<DrainRequest>) -> Result<Response<ActionReply>, Status> {
+        self.admit(&request, Needs::Operate)?;
         let result_json = self.run(Command::Drain(request.into_inner().node)).await?;
         Ok(Response::new(ActionReply { result_json }))
     }
@@ -106,6 +147,7 @@ impl Admin for Service {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<ActionReply>, Status> {
+        self.admit(&request, Needs::Operate)?;
         let r = request.into_inner();
         if r.addr.parse::<SocketAddr>().is_err() {
             return Err(Status::invalid_argument(format!(
@@ -126,6 +168,7 @@ impl Admin for Service {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<ActionReply>, Status> {
+        self.admit(&request, Needs::Operate)?;
         let result_json = self
             .run(Command::MemberRemove(request.into_inner().id))
             .await?;
@@ -136,6 +179,7 @@ impl Admin for Service {
         &self,
         request: Request<TunnelApplyRequest>,
     ) -> Result<Response<ActionReply>, Status> {
+        self.admit(&request, Needs::Operate)?;
         let r = request.into_inner();
         let result_json = self
             .run(Command::TunnelApply {
@@ -155,6 +199,7 @@ impl Admin for Service {
         &self,
         request: Request<TunnelRemoveRequest>,
     ) -> Result<Response<ActionReply>, Status> {
+        self.admit(&request, Needs::Operate)?;
         let result_json = self
             .run(Command::TunnelRemove(request.into_inner().name))
             .await?;
@@ -165,6 +210,7 @@ impl Admin for Service {
         &self,
         request: Request<PeerConfigRequest>,
     ) -> Result<Response<PeerConfigReply>, Status> {
+        self.admit(&request, Needs::Read)?;
         let r = request.into_inner();
         let format = r.format.parse().map_err(Status::invalid_argument)?;
         let config = self
@@ -174,6 +220,26 @@ impl Admin for Service {
             })
             .await?;
         Ok(Response::new(PeerConfigReply { config }))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<RevokeRequest>,
+    ) -> Result<Response<ActionReply>, Status> {
+        self.admit(&request, Needs::Operate)?;
+        let entry =
+            Revoked::parse(&request.into_inner().certificate).map_err(Status::invalid_argument)?;
+        self.cluster
+            .propose(ClusterCommand::one(Change::CertRevoked(entry.clone())))
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        tracing::warn!(%entry, "certificate revoked");
+        let result_json = serde_json::json!({
+            "revoked": entry.to_string(),
+            "applied_index": self.cluster.applied_index(),
+        })
+        .to_string();
+        Ok(Response::new(ActionReply { result_json }))
     }
 }
 
@@ -190,7 +256,11 @@ pub async fn serve(
     let router = tonic::transport::Server::builder()
         .tls_config(tls.server())
         .context("admin API TLS")?
-        .add_service(AdminServer::new(Service { cluster, commands }));
+        .add_service(AdminServer::new(Service {
+            cluster,
+            commands,
+            refusals: Refusals::new("admin"),
+        }));
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         if let Err(e) = router.serve_with_incoming(incoming).await {

@@ -587,6 +587,7 @@ impl RawConfig {
         let limits = Limits {
             cookie_threshold: ike.cookie_threshold.unwrap_or(defaults.cookie_threshold),
             max_half_open: ike.max_half_open.unwrap_or(defaults.max_half_open),
+            ..defaults
         };
 
         let connections = validate_connections(

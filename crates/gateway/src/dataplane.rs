@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 
-use tandem_esp::{Datagram, EspError, PacketBuf, SaParams, Sadb, Sealed, Selector, classify};
+use tandem_esp::{
+    Datagram, EspError, PacketBuf, SaParams, Sadb, Sealed, Selector, Selectors, classify,
+};
 use tandem_ike::endpoint::{ChildSa, IkeSaInfo};
 use tandem_ike::message::TrafficSelector;
 
@@ -32,7 +34,9 @@ pub struct Dataplane {
     /// In a cluster, outbound sequence numbers are used only up to what Raft
     /// reserved for this node (invariant 3); standalone, without limit.
     gated: bool,
-    /// Committed reservations by outbound SPI.
+    /// Committed reservations by the child's inbound SPI: outbound SAs are
+    /// known by it too, since peers choose outbound SPIs and two tunnels'
+    /// peers may choose the same one (invariant 9).
     reserved: BTreeMap<u32, Block>,
 }
 
@@ -57,12 +61,13 @@ impl Dataplane {
         }
     }
 
-    /// The state machine granted `from..=up_to` of `outbound_spi` to this
-    /// node. A block that does not follow on from this node's last one (its
-    /// first after a takeover, or one granted after another node's) leaves a
-    /// gap of numbers that are not this node's: sending resumes at `from`.
-    pub fn grant(&mut self, outbound_spi: u32, from: u64, up_to: u64) {
-        let r = self.reserved.entry(outbound_spi).or_default();
+    /// The state machine granted `from..=up_to` of the outbound half of
+    /// child `inbound_spi` to this node. A block that does not follow on
+    /// from this node's last one (its first after a takeover, or one
+    /// granted after another node's) leaves a gap of numbers that are not
+    /// this node's: sending resumes at `from`.
+    pub fn grant(&mut self, inbound_spi: u32, from: u64, up_to: u64) {
+        let r = self.reserved.entry(inbound_spi).or_default();
         if from > r.ceiling.saturating_add(1) {
             r.floor = r.floor.max(from);
         }
@@ -70,30 +75,31 @@ impl Dataplane {
         let r = *r;
         // The SA may not be installed yet (a rekey's outbound half waits):
         // install_outbound applies the block then.
-        self.apply_block(outbound_spi, r);
+        self.apply_block(inbound_spi, r);
     }
 
-    fn apply_block(&mut self, outbound_spi: u32, block: Block) {
-        if let Some((next, _)) = self.sadb.outbound_seq(outbound_spi) {
+    fn apply_block(&mut self, inbound_spi: u32, block: Block) {
+        if let Some((next, _)) = self.sadb.outbound_seq(inbound_spi) {
             if next < block.floor {
-                let _ = self.sadb.advance_seq(outbound_spi, block.floor);
+                let _ = self.sadb.advance_seq(inbound_spi, block.floor);
             }
-            let _ = self.sadb.set_seq_ceiling(outbound_spi, block.ceiling);
+            let _ = self.sadb.set_seq_ceiling(inbound_spi, block.ceiling);
         }
     }
 
-    /// Whether this node has the outbound half of an SA (installed or
-    /// waiting for its predecessor's deletion).
-    pub fn sends_on(&self, outbound_spi: u32) -> bool {
-        self.sadb.outbound_seq(outbound_spi).is_some()
+    /// Whether this node has the outbound half of child `inbound_spi`
+    /// (installed or waiting for its predecessor's deletion).
+    pub fn sends_on(&self, inbound_spi: u32) -> bool {
+        self.sadb.outbound_seq(inbound_spi).is_some()
             || self
                 .pending_outbound
                 .values()
-                .any(|c| c.outbound_spi == outbound_spi)
+                .any(|c| c.inbound_spi == inbound_spi)
     }
 
-    /// Outbound SAs that have used half their reservation (of `block`
-    /// numbers), or have none yet, and need the next one.
+    /// Children (by inbound SPI) whose outbound halves have used half their
+    /// reservation (of `block` numbers), or have none yet, and need the
+    /// next one.
     pub fn refills(&self, block: u64) -> Vec<u32> {
         self.reserved
             .iter()
@@ -125,12 +131,11 @@ impl Dataplane {
         if self.sadb.inbound_stats(child.inbound_spi).is_none() {
             self.install_standby(child)?;
         }
-        self.sadb
-            .raise_replay_mark(child.inbound_spi, replay_mark)?;
+        self.accept(child.inbound_spi, replay_mark)?;
         // No block yet, but one is due: a reservation that fails is asked
         // for again (see refills).
         self.reserved.insert(
-            child.outbound_spi,
+            child.inbound_spi,
             Block {
                 floor: first_seq,
                 ceiling: 0,
@@ -139,11 +144,27 @@ impl Dataplane {
         self.install_outbound(child)
     }
 
+    /// Starts opening a standby SA's packets (this node takes it over, or is
+    /// about to in a planned handover), with its window raised to the
+    /// replicated mark first: what the owner accepted is refused here.
+    pub fn accept(&mut self, inbound_spi: u32, replay_mark: u64) -> Result<(), EspError> {
+        self.sadb.raise_replay_mark(inbound_spi, replay_mark)?;
+        self.sadb.set_accepting(inbound_spi, true)
+    }
+
+    /// Stops opening an SA's packets: another node owns it, and only the
+    /// owner's replay window counts (invariant 9: a packet replayed to
+    /// every node is accepted once).
+    pub fn refuse(&mut self, inbound_spi: u32) {
+        let _ = self.sadb.set_accepting(inbound_spi, false);
+    }
+
     /// Hands a child SA over to another node: stop sending, keep decrypting
-    /// (packets already on their way still arrive here until the VIP moves).
+    /// (packets already on their way still arrive here until the VIP moves;
+    /// the caller [`refuse`](Self::refuse)s them once it has).
     pub fn hand_over(&mut self, child: &ChildSa) {
-        self.sadb.remove_outbound(child.outbound_spi);
-        self.reserved.remove(&child.outbound_spi);
+        self.sadb.remove_outbound(child.inbound_spi);
+        self.reserved.remove(&child.inbound_spi);
         self.pending_outbound
             .retain(|_, c| c.inbound_spi != child.inbound_spi);
     }
@@ -158,8 +179,7 @@ impl Dataplane {
     /// for its selectors: the peer deletes the old one when our DELETE comes,
     /// and a packet still sealed under it after that would be lost.
     pub fn install(&mut self, child: &ChildSa) -> Result<(), EspError> {
-        self.sadb
-            .install_inbound(inbound_params(child), self.replay_window(&child.connection))?;
+        self.install_inbound(child)?;
         if let Some(old) = child
             .replaces
             .filter(|old| child.outbound_waits && self.sadb.inbound_stats(*old).is_some())
@@ -193,12 +213,21 @@ impl Dataplane {
         self.replay_windows.contains_key(connection)
     }
 
-    /// Hot standby: the inbound half of another node's child SA, ready to
-    /// decrypt. The outbound half is never installed here: a node that
-    /// takes over starts it from its sequence-number reservation.
+    /// Hot standby: the inbound half of another node's child SA, keyed but
+    /// opening nothing until [`accept`](Self::accept)ed. The outbound half
+    /// is never installed here: a node that takes over starts it from its
+    /// sequence-number reservation.
     pub fn install_standby(&mut self, child: &ChildSa) -> Result<(), EspError> {
-        self.sadb
-            .install_inbound(inbound_params(child), self.replay_window(&child.connection))
+        self.install_inbound(child)?;
+        self.sadb.set_accepting(child.inbound_spi, false)
+    }
+
+    fn install_inbound(&mut self, child: &ChildSa) -> Result<(), EspError> {
+        self.sadb.install_inbound(
+            inbound_params(child),
+            self.replay_window(&child.connection),
+            selectors(child),
+        )
     }
 
     pub fn remove_standby(&mut self, inbound_spi: u32) {
@@ -214,16 +243,17 @@ impl Dataplane {
         if self.gated {
             let block = self
                 .reserved
-                .get(&child.outbound_spi)
+                .get(&child.inbound_spi)
                 .copied()
                 .unwrap_or_default();
-            self.apply_block(child.outbound_spi, block);
+            self.apply_block(child.inbound_spi, block);
         }
         Ok(())
     }
 
     fn install_outbound_ungated(&mut self, child: &ChildSa) -> Result<(), EspError> {
         self.sadb.install_outbound(
+            child.inbound_spi,
             SaParams {
                 spi: child.outbound_spi,
                 encr: child.encr,
@@ -232,18 +262,17 @@ impl Dataplane {
                 integ_key: child.outbound_integ_key.clone(),
                 esn: child.esn,
             },
-            child.local_ts.iter().map(selector).collect(),
-            child.remote_ts.iter().map(selector).collect(),
+            selectors(child),
             child.local,
             child.remote,
         )
     }
 
     /// Removes a child SA and activates the outbound half of its successor.
-    pub fn remove(&mut self, inbound_spi: u32, outbound_spi: u32) {
+    pub fn remove(&mut self, inbound_spi: u32) {
         self.sadb.remove_inbound(inbound_spi);
-        self.sadb.remove_outbound(outbound_spi);
-        self.reserved.remove(&outbound_spi);
+        self.sadb.remove_outbound(inbound_spi);
+        self.reserved.remove(&inbound_spi);
         // A successor deleted before it was ever activated leaves nothing behind.
         self.pending_outbound
             .retain(|_, c| c.inbound_spi != inbound_spi);
@@ -324,11 +353,10 @@ impl Dataplane {
     pub fn sa_stats(
         &self,
         inbound_spi: u32,
-        outbound_spi: u32,
     ) -> (Option<tandem_esp::SaStats>, Option<tandem_esp::SaStats>) {
         (
             self.sadb.inbound_stats(inbound_spi),
-            self.sadb.outbound_stats(outbound_spi),
+            self.sadb.outbound_stats(inbound_spi),
         )
     }
 
@@ -344,11 +372,13 @@ impl Dataplane {
                             "bytes": s.bytes,
                             "replay_drops": s.replay_drops,
                             "integrity_failures": s.integrity_failures,
+                            "selector_drops": s.selector_drops,
+                            "standby_drops": s.standby_drops,
                             "highest_seq": s.highest_seq,
                         })
                     })
                 };
-                let (inbound, outbound) = self.sa_stats(c.inbound_spi, c.outbound_spi);
+                let (inbound, outbound) = self.sa_stats(c.inbound_spi);
                 serde_json::json!({
                     "inbound_spi": format!("{:08x}", c.inbound_spi),
                     "outbound_spi": format!("{:08x}", c.outbound_spi),
@@ -381,6 +411,14 @@ fn inbound_params(child: &ChildSa) -> SaParams {
     }
 }
 
+/// The child's selectors from this gateway's side (local = its own).
+fn selectors(child: &ChildSa) -> Selectors {
+    Selectors {
+        local: child.local_ts.iter().map(selector).collect(),
+        remote: child.remote_ts.iter().map(selector).collect(),
+    }
+}
+
 fn selector(ts: &TrafficSelector) -> Selector {
     Selector {
         ip_protocol: ts.ip_protocol,
@@ -407,19 +445,19 @@ mod tests {
         // Taken over from a view where numbers up to 99 were spoken for:
         // nothing may be sent before a block is granted, and one is due.
         d.take_over(&child(), 100, 0).unwrap();
-        assert_eq!(d.sadb.outbound_seq(2), Some((100, 0)));
-        assert_eq!(d.refills(1000), vec![2]);
+        assert_eq!(d.sadb.outbound_seq(1), Some((100, 0)));
+        assert_eq!(d.refills(1000), vec![1]);
         // That view was stale: the grant starts after another node's numbers.
-        d.grant(2, 5000, 5999);
-        assert_eq!(d.sadb.outbound_seq(2), Some((5000, 5999)));
+        d.grant(1, 5000, 5999);
+        assert_eq!(d.sadb.outbound_seq(1), Some((5000, 5999)));
         // A block that follows on from this node's own does not skip.
-        d.grant(2, 6000, 6999);
-        assert_eq!(d.sadb.outbound_seq(2), Some((5000, 6999)));
+        d.grant(1, 6000, 6999);
+        assert_eq!(d.sadb.outbound_seq(1), Some((5000, 6999)));
         assert!(d.refills(1000).is_empty());
         // A block granted after another node's (the tunnel moved away and
         // back while a reservation was committing) leaves a gap.
-        d.grant(2, 9000, 9999);
-        assert_eq!(d.sadb.outbound_seq(2), Some((9000, 9999)));
+        d.grant(1, 9000, 9999);
+        assert_eq!(d.sadb.outbound_seq(1), Some((9000, 9999)));
         // Handed over: no block left, none asked for.
         d.hand_over(&child());
         assert!(d.refills(1000).is_empty());

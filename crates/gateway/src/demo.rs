@@ -352,7 +352,7 @@ pub fn run(dir: &Path) -> anyhow::Result<bool> {
     let pki = dir.join("pki");
     tandem_cluster::tls::init(&pki)?;
     for n in 1..=GATEWAYS {
-        tandem_cluster::tls::issue(&pki, &format!("gw{n}"))?;
+        tandem_cluster::tls::issue(&pki, &format!("gw{n}"), tandem_cluster::tls::Role::Member)?;
     }
     let ports: BTreeMap<NodeId, u16> = (1..=GATEWAYS)
         .map(|n| free_port().map(|p| (n, p)))

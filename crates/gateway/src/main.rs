@@ -89,11 +89,17 @@ enum CertCmd {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Issue NAME.pem and NAME.key in DIR, signed by its CA; NAME is the node's
-    /// `node.name` (and its certificate's DNS name).
+    /// Issue NAME.pem and NAME.key in DIR, signed by its CA. A member's NAME
+    /// is its `node.name` (and its certificate's DNS name); prints the
+    /// certificate's serial, which `tandemctl revoke` takes.
     Issue {
         #[arg(long)]
         dir: PathBuf,
+        /// member (a gateway or witness: speaks Raft while in the
+        /// membership), operator (the admin API) or viewer (the admin API's
+        /// status, tunnels, sas and peer-config only).
+        #[arg(long, default_value = "member")]
+        role: tandem_cluster::tls::Role,
         name: String,
     },
 }
@@ -163,9 +169,12 @@ fn cert(action: CertCmd) -> anyhow::Result<()> {
             tls::init(&dir)?;
             println!("cluster CA and storage key written to {}", dir.display());
         }
-        CertCmd::Issue { dir, name } => {
-            tls::issue(&dir, &name)?;
-            println!("{0}/{name}.pem and {0}/{name}.key written", dir.display());
+        CertCmd::Issue { dir, role, name } => {
+            let serial = tls::issue(&dir, &name, role)?;
+            println!(
+                "{0}/{name}.pem and {0}/{name}.key written ({role}, serial {serial})",
+                dir.display()
+            );
         }
     }
     Ok(())

@@ -179,7 +179,9 @@ pub async fn serve<I: Io>(
 ) -> anyhow::Result<()> {
     // Steps go through the commit worker in cluster mode, in order; standalone
     // they are released at once.
-    let (step_tx, step_rx) = mpsc::unbounded_channel();
+    let (step_tx, step_rx) = mpsc::channel(replication::COMMIT_QUEUE);
+    // Unbounded but fed only by the commit worker, one step per step taken
+    // from the bounded queue above.
     let (committed_tx, mut committed_rx) = mpsc::unbounded_channel();
     let (background_tx, mut background_rx) = mpsc::unbounded_channel();
     let mut state_rx = None;
@@ -260,6 +262,9 @@ pub async fn serve<I: Io>(
         marks_synced: BTreeMap::new(),
         background: background_tx,
         sa_counters: crate::telemetry::SaCounters::default(),
+        drop_summary: crate::telemetry::DropSummary::default(),
+        draining: BTreeMap::new(),
+        ike_backlog_drops: 0,
         tunnels: config
             .connections
             .iter()
@@ -522,7 +527,7 @@ struct Node<I: Io> {
     id: tandem_cluster::NodeId,
     cluster: Option<std::sync::Arc<Cluster>>,
     /// Where steps go to be committed (cluster mode only).
-    commit: Option<mpsc::UnboundedSender<(tandem_cluster::Command, Step)>>,
+    commit: Option<mpsc::Sender<(tandem_cluster::Command, Step)>>,
     /// Tunnels this node sends for: all of them standalone, the ones the
     /// replicated state gives it in a cluster.
     owned: BTreeSet<String>,
@@ -572,6 +577,12 @@ struct Node<I: Io> {
     marks_synced: BTreeMap<u32, u64>,
     background: mpsc::UnboundedSender<Background>,
     sa_counters: crate::telemetry::SaCounters,
+    drop_summary: crate::telemetry::DropSummary,
+    /// Standby SAs of tunnels just handed over, still opened until the
+    /// address has moved (packets on their way), by inbound SPI.
+    draining: BTreeMap<u32, Instant>,
+    /// IKE datagrams not taken while the commit queue was nearly full.
+    ike_backlog_drops: u64,
     /// The tunnels this node runs: its file's, as the cluster overrides them
     /// (`tandemctl apply`, `remove-tunnel`).
     tunnels: BTreeMap<String, Connection>,
@@ -589,13 +600,28 @@ impl<I: Io> Node<I> {
             ike_sas += 1;
             child_sas += sa.children.len();
             for c in &sa.children {
-                let (inbound, outbound) = self.dataplane.sa_stats(c.inbound_spi, c.outbound_spi);
+                // Both halves by the inbound SPI, this cluster's choice: two
+                // tunnels' peers may have chosen the same outbound SPI.
+                let (inbound, outbound) = self.dataplane.sa_stats(c.inbound_spi);
                 sas.extend(inbound.map(|s| (sa.connection.clone(), c.inbound_spi, true, s)));
-                sas.extend(outbound.map(|s| (sa.connection.clone(), c.outbound_spi, false, s)));
+                sas.extend(outbound.map(|s| (sa.connection.clone(), c.inbound_spi, false, s)));
             }
         }
         crate::telemetry::carrying(self.owned.len(), ike_sas, child_sas);
+        let selector_drops: u64 = sas
+            .iter()
+            .filter(|(_, _, inbound, _)| *inbound)
+            .map(|(.., s)| s.selector_drops)
+            .sum();
         self.sa_counters.update(sas);
+        let totals = crate::telemetry::ike_drops(self.endpoint.drops());
+        self.drop_summary.update(
+            now,
+            totals.into_iter().chain([
+                ("ike_commit_backlog", self.ike_backlog_drops),
+                ("esp_outside_selectors", selector_drops),
+            ]),
+        );
         if let Some(cluster) = &self.cluster {
             let m = cluster.metrics();
             crate::telemetry::raft(
@@ -624,12 +650,16 @@ impl<I: Io> Node<I> {
                     mut data,
                 } => {
                     if local.port() != self.natt_port {
-                        self.endpoint.handle(now, local, remote, &data);
+                        if self.take_ike() {
+                            self.endpoint.handle(now, local, remote, &data);
+                        }
                         continue;
                     }
                     match self.dataplane.decapsulate(&mut data) {
                         Decapsulated::Ike(range) => {
-                            self.endpoint.handle(now, local, remote, &data[range]);
+                            if self.take_ike() {
+                                self.endpoint.handle(now, local, remote, &data[range]);
+                            }
                         }
                         Decapsulated::Inner(range) => {
                             self.io.deliver(&data[range]).await;
@@ -685,23 +715,46 @@ impl<I: Io> Node<I> {
             return;
         }
         let cmd = replication::command_for(self.id, changes, &step.events, &self.owned);
-        step.tunnels = cmd
-            .changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::IkeSaCommitted { record, .. } => Some(record.connection.clone()),
-                Change::ChildSaInstalled(child) => Some(child.connection.clone()),
-                _ => None,
-            })
-            .collect();
-        if commit.send((cmd, step)).is_err() {
+        for c in &cmd.changes {
+            match c {
+                Change::IkeSaCommitted { record, .. } => {
+                    step.tunnels.insert(record.connection.clone());
+                    step.ike_sas.push(record.our_spi());
+                }
+                Change::ChildSaInstalled(child) => {
+                    step.tunnels.insert(child.connection.clone());
+                }
+                _ => {}
+            }
+        }
+        // Datagrams stop being taken before the queue fills (see
+        // handle_inputs), so only timers can find it full: they wait.
+        if commit.send((cmd, step)).await.is_err() {
             tracing::error!("commit worker stopped; IKE replies withheld");
         }
+    }
+
+    /// Whether an IKE datagram may be handled now: not while the commit
+    /// queue is nearly full (see replication::COMMIT_QUEUE).
+    fn take_ike(&mut self) -> bool {
+        let room = self
+            .commit
+            .as_ref()
+            .is_none_or(|c| c.capacity() > replication::COMMIT_HEADROOM);
+        if !room {
+            self.ike_backlog_drops += 1;
+        }
+        room
     }
 
     /// Applies a (committed) step's events, then sends its datagrams: an SA is
     /// in place before the reply that lets the peer use it.
     async fn release(&mut self, step: Step) {
+        if step.failed {
+            for spi in &step.ike_sas {
+                self.endpoint.recommit(*spi);
+            }
+        }
         // The state machine refuses IKE state from a node that lost the
         // tunnel while the step waited (its lease lapsed, another node took
         // over); so must the node itself.
@@ -711,7 +764,7 @@ impl<I: Io> Node<I> {
         }
         for g in step.grants {
             self.dataplane
-                .grant(g.outbound_spi, g.block.from, g.block.up_to);
+                .grant(g.inbound_spi, g.block.from, g.block.up_to);
         }
         for event in step.events {
             self.apply(event);
@@ -823,6 +876,10 @@ impl<I: Io> Node<I> {
                     match self.dataplane.install_standby(&child) {
                         Ok(()) => {
                             tracing::info!(connection = %child.connection, inbound = format_args!("{:08x}", child.inbound_spi), "standby child SA installed");
+                            // A rekey while a handover brings the tunnel here.
+                            if self.incoming.contains_key(&child.connection) {
+                                let _ = self.dataplane.accept(child.inbound_spi, 0);
+                            }
                             self.standby.insert(child.inbound_spi, *child);
                         }
                         Err(e) => tracing::warn!(error = %e, "cannot install standby child SA"),
@@ -865,6 +922,27 @@ impl<I: Io> Node<I> {
             tracing::info!(%tunnel, from, "planned handover to this node: addresses taken, LAN traffic held until the transfer");
             self.incoming
                 .insert(tunnel.clone(), now + replication::HANDOVER_TIMEOUT);
+            // The peer's packets arrive here from now on: opened, from the
+            // marks the old owner committed with the handover.
+            let marks: Vec<(u32, u64)> = cluster.read_state(|s| {
+                s.child_sas
+                    .values()
+                    .filter(|c| c.connection == tunnel)
+                    .map(|c| {
+                        (
+                            c.inbound_spi,
+                            s.replay_marks.get(&c.inbound_spi).copied().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            });
+            for (spi, mark) in marks {
+                if self.standby.contains_key(&spi)
+                    && let Err(e) = self.dataplane.accept(spi, mark)
+                {
+                    tracing::warn!(%tunnel, error = %e, "cannot open a standby SA for the handover");
+                }
+            }
             self.io.address_up(&tunnel).await;
             replication::transfer(cluster, tunnel, from, to);
         } else if from == self.id && self.owned.contains(&tunnel) {
@@ -970,15 +1048,15 @@ impl<I: Io> Node<I> {
         };
         self.owned.remove(name);
         self.to_initiate.remove(name);
-        let children: Vec<(u32, u32)> = self
+        let children: Vec<u32> = self
             .endpoint
             .ike_sas()
             .filter(|sa| sa.connection == name)
             .flat_map(|sa| sa.children)
-            .map(|c| (c.inbound_spi, c.outbound_spi))
+            .map(|c| c.inbound_spi)
             .collect();
-        for (inbound, outbound) in children {
-            self.dataplane.remove(inbound, outbound);
+        for inbound in children {
+            self.dataplane.remove(inbound);
         }
         let standby: Vec<u32> = self
             .standby
@@ -1078,16 +1156,16 @@ impl<I: Io> Node<I> {
                 self.renew_addresses(now).await;
             }
             Background::Reserved(g) => {
-                self.reserving.remove(&g.outbound_spi);
+                self.reserving.remove(&g.inbound_spi);
                 // Not if the SA was handed over after the grant: a later
                 // takeover starts from the replicated reservations.
-                if self.dataplane.sends_on(g.outbound_spi) {
+                if self.dataplane.sends_on(g.inbound_spi) {
                     self.dataplane
-                        .grant(g.outbound_spi, g.block.from, g.block.up_to);
+                        .grant(g.inbound_spi, g.block.from, g.block.up_to);
                 }
             }
-            Background::ReserveFailed(outbound_spi) => {
-                self.reserving.remove(&outbound_spi);
+            Background::ReserveFailed(inbound_spi) => {
+                self.reserving.remove(&inbound_spi);
             }
         }
     }
@@ -1264,6 +1342,18 @@ impl<I: Io> Node<I> {
             tracing::warn!(count = self.held.len(), "held LAN packets dropped");
             self.held.clear();
         }
+        let drained: Vec<u32> = self
+            .draining
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(spi, _)| *spi)
+            .collect();
+        for spi in drained {
+            self.draining.remove(&spi);
+            if self.standby.contains_key(&spi) {
+                self.dataplane.refuse(spi);
+            }
+        }
         for tunnel in due(&self.reannounce) {
             self.reannounce.remove(&tunnel);
             if self.owned.contains(&tunnel) && self.may_send(now) {
@@ -1315,7 +1405,8 @@ impl<I: Io> Node<I> {
                 .collect();
             for child in &children {
                 self.standby.remove(&child.inbound_spi);
-                let reserved = state.seq_reservations.get(&child.outbound_spi);
+                self.draining.remove(&child.inbound_spi);
+                let reserved = state.seq_reservations.get(&child.inbound_spi);
                 let granted = reserved.filter(|r| live && r.node == self.id && r.from <= r.up_to);
                 planned |= granted.is_some();
                 let first = match (reserved, granted) {
@@ -1332,11 +1423,11 @@ impl<I: Io> Node<I> {
                     Ok(()) => {
                         tracing::info!(%tunnel, inbound = format_args!("{:08x}", child.inbound_spi), first_seq = first, ?granted, replay_mark = mark, "child SA taken over");
                         if let Some(r) = granted {
-                            self.dataplane.grant(child.outbound_spi, r.from, r.up_to);
-                        } else if self.reserving.insert(child.outbound_spi) {
+                            self.dataplane.grant(child.inbound_spi, r.from, r.up_to);
+                        } else if self.reserving.insert(child.inbound_spi) {
                             replication::reserve(
                                 cluster.clone(),
-                                child.outbound_spi,
+                                child.inbound_spi,
                                 self.background.clone(),
                             );
                         }
@@ -1379,8 +1470,10 @@ impl<I: Io> Node<I> {
                     .cloned()
                     .collect()
             });
+            let until = tandem_cluster::now() + replication::HANDOVER_TIMEOUT;
             for child in children {
                 self.dataplane.hand_over(&child);
+                self.draining.insert(child.inbound_spi, until);
                 self.standby.insert(child.inbound_spi, child);
             }
         }
@@ -1390,6 +1483,7 @@ impl<I: Io> Node<I> {
     /// Only SAs this node staged as standby are removed: the same SPI may
     /// name an SA this node runs as owner, which its own IKE state retires.
     fn drop_standby(&mut self, inbound_spi: u32) {
+        self.draining.remove(&inbound_spi);
         if self.standby.remove(&inbound_spi).is_some() {
             self.dataplane.remove_standby(inbound_spi);
         }
@@ -1446,7 +1540,7 @@ impl<I: Io> Node<I> {
                 outbound_spi,
             } => {
                 tracing::info!(%connection, inbound = format_args!("{inbound_spi:08x}"), outbound = format_args!("{outbound_spi:08x}"), "child SA deleted");
-                self.dataplane.remove(inbound_spi, outbound_spi);
+                self.dataplane.remove(inbound_spi);
             }
         }
     }

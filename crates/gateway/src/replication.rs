@@ -33,7 +33,20 @@ pub struct Step {
     /// The tunnels whose IKE state the step commits: it is released only if
     /// this node still owns them once it is committed.
     pub tunnels: BTreeSet<String>,
+    /// Our SPIs of the IKE SAs whose records the step commits.
+    pub ike_sas: Vec<u64>,
+    /// Set when the commit failed: its datagrams are gone, and its IKE SAs
+    /// are to be committed again with the next step.
+    pub failed: bool,
 }
+
+/// Steps waiting for their commit, at most: past this a node takes no more
+/// IKE datagrams (they are dropped and counted; peers retransmit) until
+/// the queue drains, so a burst of IKE cannot grow memory without bound or
+/// delay every reply behind a queue of seconds. Timers keep what is left
+/// ([`COMMIT_HEADROOM`]).
+pub const COMMIT_QUEUE: usize = 512;
+pub const COMMIT_HEADROOM: usize = 64;
 
 /// Sequence numbers reserved per Raft commit. A new owner skips what is left
 /// of the old owner's block, at most this many numbers per failover; at
@@ -49,8 +62,8 @@ pub enum Background {
     LeaseRenewed { sent: Instant, applied: u64 },
     /// A reservation is committed and granted this block.
     Reserved(Grant),
-    /// A reservation failed or was not granted (this node no longer owns the
-    /// SA); it may be asked for again.
+    /// A reservation for the child with this inbound SPI failed or was not
+    /// granted (this node no longer owns the SA); it may be asked for again.
     ReserveFailed(u32),
 }
 
@@ -127,8 +140,8 @@ pub fn command_for(
             Event::ChildSaInstalled(child) => {
                 out.push(Change::ChildSaInstalled(Box::new(child.clone())));
                 if owned.contains(&child.connection) {
-                    out.push(Change::SeqBlockReserved {
-                        outbound_spi: child.outbound_spi,
+                    out.push(Change::SeqBlockReservedFor {
+                        inbound_spi: child.inbound_spi,
                         node,
                         count: SEQ_BLOCK,
                     });
@@ -149,7 +162,7 @@ pub fn command_for(
 /// SA's record again.
 pub async fn commit_steps(
     cluster: Arc<Cluster>,
-    mut steps: mpsc::UnboundedReceiver<(Command, Step)>,
+    mut steps: mpsc::Receiver<(Command, Step)>,
     committed: mpsc::UnboundedSender<Step>,
 ) {
     while let Some((cmd, mut step)) = steps.recv().await {
@@ -165,6 +178,7 @@ pub async fn commit_steps(
                 Err(e) => {
                     tracing::error!(error = %e, "IKE state not committed; its datagrams are withheld");
                     step.transmits.clear();
+                    step.failed = true;
                 }
             }
         }
@@ -273,18 +287,15 @@ pub async fn renew_leases(
     }
 }
 
-/// Reserves the next block of outbound sequence numbers for `outbound_spi`
+/// Reserves the next block of outbound sequence numbers for the child
+/// whose inbound SPI is `inbound_spi`
 /// and reports the block the state machine granted, which is all this node
 /// may use: it starts after every number reserved before, whatever this
 /// node believed when it asked.
-pub fn reserve(
-    cluster: Arc<Cluster>,
-    outbound_spi: u32,
-    report: mpsc::UnboundedSender<Background>,
-) {
+pub fn reserve(cluster: Arc<Cluster>, inbound_spi: u32, report: mpsc::UnboundedSender<Background>) {
     tokio::spawn(async move {
-        let change = Change::SeqBlockReserved {
-            outbound_spi,
+        let change = Change::SeqBlockReservedFor {
+            inbound_spi,
             node: cluster.id(),
             count: SEQ_BLOCK,
         };
@@ -292,20 +303,20 @@ pub fn reserve(
             Ok(outcome) => match outcome
                 .granted
                 .into_iter()
-                .find(|g| g.outbound_spi == outbound_spi)
+                .find(|g| g.inbound_spi == inbound_spi)
             {
                 Some(grant) => Background::Reserved(grant),
                 None => {
                     tracing::info!(
-                        outbound = format_args!("{outbound_spi:08x}"),
+                        inbound = format_args!("{inbound_spi:08x}"),
                         "sequence reservation not granted: the SA has another owner now"
                     );
-                    Background::ReserveFailed(outbound_spi)
+                    Background::ReserveFailed(inbound_spi)
                 }
             },
             Err(e) => {
-                tracing::warn!(outbound = format_args!("{outbound_spi:08x}"), error = %e, "sequence reservation failed");
-                Background::ReserveFailed(outbound_spi)
+                tracing::warn!(inbound = format_args!("{inbound_spi:08x}"), error = %e, "sequence reservation failed");
+                Background::ReserveFailed(inbound_spi)
             }
         };
         let _ = report.send(done);
@@ -453,8 +464,8 @@ pub fn transfer(cluster: Arc<Cluster>, tunnel: String, from: NodeId, to: NodeId)
             s.child_sas
                 .values()
                 .filter(|c| c.connection == tunnel)
-                .map(|child| Change::SeqBlockReserved {
-                    outbound_spi: child.outbound_spi,
+                .map(|child| Change::SeqBlockReservedFor {
+                    inbound_spi: child.inbound_spi,
                     node: to,
                     count: SEQ_BLOCK,
                 })

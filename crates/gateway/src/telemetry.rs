@@ -32,6 +32,18 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         "tandem_esp_integrity_failures_total",
         "inbound packets that failed authentication"
     );
+    metrics::describe_counter!(
+        "tandem_esp_selector_drops_total",
+        "authentic inbound packets dropped for inner addresses outside their SA's traffic selectors (RFC 4301 5.2)"
+    );
+    metrics::describe_counter!(
+        "tandem_rpc_refused_total",
+        "Raft and admin calls refused, by service and rule (who may call what)"
+    );
+    metrics::describe_counter!(
+        "tandem_dropped_total",
+        "input dropped before it cost a commit or a reply, by reason (IKE junk, limits, a full commit queue, ESP outside its selectors)"
+    );
     metrics::describe_counter!("tandem_takeovers_total", "tunnels this node took over");
     metrics::describe_counter!("tandem_handovers_total", "tunnels this node gave up");
     metrics::describe_gauge!(
@@ -78,12 +90,79 @@ impl SaCounters {
                     .increment(delta(now.replay_drops, before.replay_drops));
                 counter!("tandem_esp_integrity_failures_total", "tunnel" => tunnel.clone())
                     .increment(delta(now.integrity_failures, before.integrity_failures));
+                counter!("tandem_esp_selector_drops_total", "tunnel" => tunnel.clone())
+                    .increment(delta(now.selector_drops, before.selector_drops));
             }
             seen.insert((spi, inbound), now);
         }
         // SAs that are gone are forgotten, or the map grows with every rekey.
         self.last = seen;
     }
+}
+
+/// Input dropped before it could cost anything (unauthenticated IKE, a full
+/// commit queue, ESP outside its selectors): counted by reason as
+/// `tandem_dropped_total`, and summed up in one log line at most every
+/// [`DropSummary::LOG_EVERY`], never one line per datagram (a flood would
+/// turn the log into its amplifier).
+#[derive(Debug, Default)]
+pub struct DropSummary {
+    last: BTreeMap<&'static str, u64>,
+    pending: BTreeMap<&'static str, u64>,
+    logged_at: Option<std::time::Instant>,
+}
+
+impl DropSummary {
+    pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    /// `totals` are counters since start, by reason.
+    pub fn update(
+        &mut self,
+        now: std::time::Instant,
+        totals: impl IntoIterator<Item = (&'static str, u64)>,
+    ) {
+        for (reason, total) in totals {
+            let before = self.last.insert(reason, total).unwrap_or(0);
+            let delta = total.saturating_sub(before);
+            if delta > 0 {
+                counter!("tandem_dropped_total", "reason" => reason).increment(delta);
+                *self.pending.entry(reason).or_default() += delta;
+            }
+        }
+        let due = self
+            .logged_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= Self::LOG_EVERY);
+        if due && !self.pending.is_empty() {
+            let counts: Vec<String> = std::mem::take(&mut self.pending)
+                .into_iter()
+                .map(|(reason, n)| format!("{reason}={n}"))
+                .collect();
+            tracing::warn!(
+                since = ?self.logged_at.map(|t| now.saturating_duration_since(t)),
+                "input dropped: {}",
+                counts.join(" ")
+            );
+            self.logged_at = Some(now);
+        }
+    }
+}
+
+/// The IKE endpoint's drop counters by reason, for [`DropSummary`].
+pub fn ike_drops(d: &tandem_ike::endpoint::DropCounters) -> [(&'static str, u64); 12] {
+    [
+        ("ike_malformed", d.malformed),
+        ("ike_unsupported_version", d.unsupported_version),
+        ("ike_unknown_spi", d.unknown_spi),
+        ("ike_unexpected", d.unexpected),
+        ("ike_undecryptable", d.undecryptable),
+        ("ike_half_open_limit", d.half_open_limit),
+        ("ike_half_open_source_limit", d.half_open_source_limit),
+        ("ike_cookie_required", d.cookie_required),
+        ("ike_bad_cookie", d.bad_cookie),
+        ("ike_no_connection", d.no_connection),
+        ("ike_no_proposal", d.no_proposal),
+        ("ike_auth_failed", d.auth_failed),
+    ]
 }
 
 /// What the node carries right now.

@@ -286,6 +286,8 @@ fn source(ip: IpAddr) -> IpAddr {
 struct Reported {
     at: Instant,
     record: IkeSaRecord,
+    /// The caller could not commit it: report the SA again, changed or not.
+    uncommitted: bool,
 }
 
 /// All IKE SAs of this gateway.
@@ -798,11 +800,18 @@ impl Endpoint {
                     let changed = self
                         .reported
                         .get(&spi)
-                        .is_none_or(|last| sa.record(last.at) != last.record);
+                        .is_none_or(|last| last.uncommitted || sa.record(last.at) != last.record);
                     if changed {
                         let record = sa.record(now);
                         out.push(IkeSaChange::Upsert(Box::new(record.clone())));
-                        self.reported.insert(spi, Reported { at: now, record });
+                        self.reported.insert(
+                            spi,
+                            Reported {
+                                at: now,
+                                record,
+                                uncommitted: false,
+                            },
+                        );
                     }
                 }
                 _ => {
@@ -813,6 +822,20 @@ impl Endpoint {
             }
         }
         out
+    }
+
+    /// The change last reported for our SA `spi` was not committed (the
+    /// commit failed, or was never tried): the next [`take_changes`]
+    /// reports the SA again even if nothing else changed, so the cluster
+    /// does not keep an older record than the one the peer has seen answers
+    /// from (DESIGN.md invariant 5).
+    ///
+    /// [`take_changes`]: Endpoint::take_changes
+    pub fn recommit(&mut self, spi: u64) {
+        if let Some(last) = self.reported.get_mut(&spi) {
+            last.uncommitted = true;
+            self.touched.insert(spi);
+        }
     }
 
     /// Takes over an IKE SA another node established (its replicated record
@@ -835,6 +858,7 @@ impl Endpoint {
         let reported = Reported {
             at: now,
             record: sa.record(now),
+            uncommitted: false,
         };
         self.reported.insert(spi, reported);
         self.sas.insert(spi, Slot::Established(Box::new(sa)));

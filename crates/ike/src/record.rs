@@ -49,6 +49,44 @@ impl IkeSaRecord {
     }
 }
 
+#[cfg(feature = "testing")]
+impl IkeSaRecord {
+    /// An established AES-GCM-256 IKE SA of `connection` between
+    /// documentation addresses, with made-up keys: for the tests of the
+    /// layers that replicate IKE state.
+    #[allow(clippy::unwrap_used)]
+    pub fn for_tests(connection: &str) -> Self {
+        use tandem_crypto::Secret;
+        let key = |b: u8| Secret::new(vec![b; 36]);
+        IkeSaRecord {
+            connection: connection.to_owned(),
+            spi_i: 0x1111,
+            spi_r: 0x2222,
+            initiator: false,
+            local: "192.0.2.1:500".parse().unwrap(),
+            remote: "198.51.100.1:500".parse().unwrap(),
+            proposal: crate::config::parse_ike_proposal("aes256gcm16-prfsha256-curve25519")
+                .unwrap(),
+            keys: IkeKeys {
+                sk_d: key(1),
+                sk_ai: None,
+                sk_ar: None,
+                sk_ei: key(2),
+                sk_er: key(3),
+                sk_pi: key(4),
+                sk_pr: key(5),
+            },
+            next_send_id: 0,
+            next_expected_id: 2,
+            last_response: None,
+            rekeyed: false,
+            rekey_in: Duration::from_secs(3600),
+            expire_in: Duration::from_secs(7200),
+            children: Vec::new(),
+        }
+    }
+}
+
 /// A child SA's rekey and expiry deadlines, from the moment of export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChildTimers {

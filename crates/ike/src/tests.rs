@@ -914,6 +914,14 @@ fn junk_for_a_live_sa_changes_nothing_and_an_exchange_changes_it_once() {
         p.b.take_changes(p.now).is_empty(),
         "a retransmitted request"
     );
+    // Had that change not committed, the SA is reported again, once.
+    let spi = match &changes[0] {
+        crate::record::IkeSaChange::Upsert(r) => r.our_spi(),
+        crate::record::IkeSaChange::Removed(spi) => *spi,
+    };
+    p.b.recommit(spi);
+    assert_eq!(p.b.take_changes(p.now), changes);
+    assert!(p.b.take_changes(p.now).is_empty());
 
     // a takes the response: what it replicates did not move with that (an
     // outstanding request is not replicated), nor with a duplicate.
