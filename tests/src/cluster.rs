@@ -225,7 +225,34 @@ impl Cluster {
         server: &str,
         args: &[&str],
     ) -> anyhow::Result<String> {
-        let pki = self.pki.to_string_lossy();
+        self.tandemctl_with(ns, endpoint, server, &self.pki, "operator", args)
+    }
+
+    /// `tandemctl ARGS...` against member `id` with the certificate `cert`
+    /// in `pki` (ca.pem beside it).
+    pub fn tandemctl_as(
+        &self,
+        ns: &Netns,
+        id: u64,
+        pki: &Path,
+        cert: &str,
+        args: &[&str],
+    ) -> anyhow::Result<String> {
+        let me = &self.members[&id];
+        let endpoint = format!("{}:{}", me.addr, Self::admin_port(id));
+        self.tandemctl_with(ns, &endpoint, &me.name, pki, cert, args)
+    }
+
+    fn tandemctl_with(
+        &self,
+        ns: &Netns,
+        endpoint: &str,
+        server: &str,
+        pki: &Path,
+        cert: &str,
+        args: &[&str],
+    ) -> anyhow::Result<String> {
+        let pki = pki.to_string_lossy();
         let bin = Tandemd::sibling("tandemctl")?;
         let mut all = vec![
             bin.to_str().context("binary path")?,
@@ -235,9 +262,44 @@ impl Cluster {
             server,
             "--pki",
             &pki,
+            "--name",
+            cert,
         ];
         all.extend(args);
         ns.run(&all)
+    }
+
+    /// One Raft RPC (`raft_call`'s CALL) to member `id` with the
+    /// certificate `cert` in `pki`: `OK`, or the status code and message.
+    pub fn raft_call(
+        &self,
+        ns: &Netns,
+        id: u64,
+        pki: &Path,
+        cert: &str,
+        call: &str,
+        node: u64,
+    ) -> anyhow::Result<String> {
+        let me = &self.members[&id];
+        let endpoint = format!("{}:{}", me.addr, me.raft_port);
+        let bin = Tandemd::sibling("raft_call")?;
+        let pki = pki.to_string_lossy();
+        let node = node.to_string();
+        let out = ns.run(&[
+            bin.to_str().context("binary path")?,
+            "--pki",
+            &pki,
+            "--name",
+            cert,
+            "--endpoint",
+            &endpoint,
+            "--server-name",
+            &me.name,
+            call,
+            "--node",
+            &node,
+        ])?;
+        Ok(out.trim().to_owned())
     }
 
     pub fn kill9(&mut self, id: u64) -> anyhow::Result<()> {

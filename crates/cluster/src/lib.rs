@@ -23,6 +23,7 @@ pub mod trust;
 mod network;
 
 pub use command::{Change, Command};
+pub use network::Forward;
 pub use node::{Cluster, ClusterConfig, ClusterError, StateEvent};
 pub use seal::StorageKey;
 pub use state::{ClusterState, Grant, Outcome};

@@ -155,9 +155,9 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
-/// A request a follower forwards to the leader.
+/// A request a follower forwards to the leader (the Forward RPC's body).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum Forward {
+pub enum Forward {
     Write(Command),
     AddLearner {
         id: NodeId,

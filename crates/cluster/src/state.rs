@@ -212,6 +212,27 @@ impl ClusterState {
         Ok(())
     }
 
+    /// A digest of everything replicated but the leases (which every
+    /// gateway renews several times a second): equal on two nodes, or
+    /// before and after something, when the state is. Hex, 32 digits.
+    pub fn digest(&self) -> String {
+        let bytes = zeroize::Zeroizing::new(crate::command::encode(&(
+            &self.tunnels,
+            &self.ike_sas,
+            &self.child_sas,
+            &self.owners,
+            &self.seq_reservations,
+            &self.replay_marks,
+            &self.probes,
+            &self.revoked,
+        )));
+        let mac = tandem_crypto::PrfAlg::HmacSha256.prf(b"tandem state digest", &[&bytes]);
+        mac.expose()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Whether the cluster revoked this certificate.
     pub fn is_revoked(&self, id: &crate::trust::Identity) -> bool {
         self.revoked.iter().any(|r| r.covers(id))

@@ -130,6 +130,14 @@ pub fn issue(dir: &Path, name: &str, role: Role) -> Result<String, TlsError> {
         .map_err(|e| file_err(&cert_path, e))
 }
 
+/// Who the certificate in a PEM file names.
+pub fn identity_of(path: &Path) -> Result<crate::trust::Identity, TlsError> {
+    let pem = read(path)?;
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| file_err(path, format!("not a PEM certificate: {e}")))?;
+    crate::trust::Identity::from_der(&block.contents).map_err(|e| file_err(path, e))
+}
+
 /// A certificate name: it becomes a DNS name, so letters, digits, '-' and
 /// '.', at most 63 of them.
 pub fn check_name(name: &str) -> Result<(), TlsError> {

@@ -310,6 +310,9 @@ fn refused(status: tonic::Status) -> anyhow::Error {
         tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => {
             anyhow::anyhow!("{}", status.message())
         }
+        tonic::Code::PermissionDenied => {
+            anyhow::anyhow!("permission denied: {}", status.message())
+        }
         code => anyhow::anyhow!("{code}: {}", status.message()),
     }
 }

@@ -102,6 +102,8 @@ enum CertCmd {
         role: tandem_cluster::tls::Role,
         name: String,
     },
+    /// Print who a certificate names: NAME (ROLE, serial SERIAL).
+    Show { file: PathBuf },
 }
 
 fn main() -> std::process::ExitCode {
@@ -168,6 +170,9 @@ fn cert(action: CertCmd) -> anyhow::Result<()> {
         CertCmd::Init { dir } => {
             tls::init(&dir)?;
             println!("cluster CA and storage key written to {}", dir.display());
+        }
+        CertCmd::Show { file } => {
+            println!("{}", tls::identity_of(&file)?);
         }
         CertCmd::Issue { dir, role, name } => {
             let serial = tls::issue(&dir, &name, role)?;

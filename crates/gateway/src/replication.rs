@@ -697,6 +697,8 @@ pub fn describe(cluster: &Cluster) -> serde_json::Value {
         "members": members,
         "owners": state.owners,
         "probes": state.probes,
+        "revoked": state.revoked.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "digest": state.digest(),
         "snapshot_index": m.snapshot.map(|s| s.index),
         "purged_index": m.purged.map(|s| s.index),
         "ike_sas": ike_sas,
