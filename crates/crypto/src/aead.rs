@@ -25,9 +25,15 @@ pub enum AeadBackend {
     /// ring's assembly AES-GCM; the faster one on this hardware: about 4.2 GB/s
     /// (AES-128) and 3.7 GB/s (AES-256) per core on 1400-byte packets, twice
     /// RustCrypto's figures (`cargo bench -p tandem-crypto --bench aead`).
+    /// ring keeps the expanded key schedule in its own type and does not
+    /// wipe it on drop (it offers no way to): the key bytes Tandem holds are
+    /// wiped, the schedule derived from them is left in freed memory until
+    /// reused. The default for speed; `[node] aead_backend = "rustcrypto"`
+    /// where that matters more.
     #[default]
     Ring,
-    /// RustCrypto's `aes-gcm`.
+    /// RustCrypto's `aes-gcm`, built with its `zeroize` feature: the key
+    /// schedule is wiped when the SA ends.
     RustCrypto,
 }
 

@@ -52,6 +52,11 @@ pub struct Config {
     pub tun_name: String,
     pub tun_mtu: u16,
     pub limits: Limits,
+    /// Which AES-GCM implementation seals and opens ESP (`[node]
+    /// aead_backend`): ring, twice as fast here, whose expanded key
+    /// schedules are not wiped when an SA ends (ring offers no way to); or
+    /// RustCrypto, which wipes them.
+    pub aead_backend: tandem_crypto::AeadBackend,
     pub connections: Vec<Connection>,
     /// Absent: a standalone gateway, no replication.
     pub cluster: Option<ClusterSettings>,
@@ -441,6 +446,7 @@ struct RawNode {
     #[serde(default = "default_control_socket")]
     control_socket: PathBuf,
     metrics_listen: Option<String>,
+    aead_backend: Option<String>,
 }
 
 fn default_control_socket() -> PathBuf {
@@ -457,6 +463,8 @@ struct RawIke {
     natt_port: u16,
     cookie_threshold: Option<usize>,
     max_half_open: Option<usize>,
+    max_half_open_per_source: Option<usize>,
+    cookie_secret_lifetime: Option<String>,
 }
 
 fn default_ike_port() -> u16 {
@@ -554,6 +562,8 @@ impl RawConfig {
                 natt_port: NATT_PORT,
                 cookie_threshold: None,
                 max_half_open: None,
+                max_half_open_per_source: None,
+                cookie_secret_lifetime: None,
             },
         };
         if witness && !self.connections.is_empty() {
@@ -587,7 +597,30 @@ impl RawConfig {
         let limits = Limits {
             cookie_threshold: ike.cookie_threshold.unwrap_or(defaults.cookie_threshold),
             max_half_open: ike.max_half_open.unwrap_or(defaults.max_half_open),
-            ..defaults
+            max_half_open_per_source: ike
+                .max_half_open_per_source
+                .unwrap_or(defaults.max_half_open_per_source),
+            cookie_secret_lifetime: parse_opt_duration(
+                "ike.cookie_secret_lifetime",
+                &ike.cookie_secret_lifetime,
+            )?
+            .unwrap_or(defaults.cookie_secret_lifetime),
+        };
+        if limits.max_half_open_per_source == 0 {
+            return Err(err(
+                "ike.max_half_open_per_source",
+                "must be at least 1 (0 would refuse every IKE_SA_INIT)",
+            ));
+        }
+        let aead_backend = match self.node.aead_backend.as_deref() {
+            None | Some("ring") => tandem_crypto::AeadBackend::Ring,
+            Some("rustcrypto") => tandem_crypto::AeadBackend::RustCrypto,
+            Some(other) => {
+                return Err(err(
+                    "node.aead_backend",
+                    format!("{other:?}: ring or rustcrypto"),
+                ));
+            }
         };
 
         let connections = validate_connections(
@@ -607,6 +640,7 @@ impl RawConfig {
             tun_name: self.tun.name,
             tun_mtu: self.tun.mtu,
             limits,
+            aead_backend,
             connections,
             cluster,
         })
@@ -956,6 +990,23 @@ child_lifetime = "10m"
         let ts = conn.ike.remote_ts[0];
         assert_eq!(ts.start, "10.1.0.0".parse::<IpAddr>().unwrap());
         assert_eq!(ts.end, "10.1.255.255".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn dos_limits_and_the_aead_backend_are_set_or_refused_by_name() {
+        let c = parse(&GOOD.replace(
+            "[ike]",
+            "[ike]\nmax_half_open_per_source = 3\ncookie_secret_lifetime = \"2m\"",
+        ))
+        .unwrap();
+        assert_eq!(c.limits.max_half_open_per_source, 3);
+        assert_eq!(c.limits.cookie_secret_lifetime, Duration::from_secs(120));
+        assert_eq!(c.aead_backend, tandem_crypto::AeadBackend::Ring);
+        let e = error_of(&GOOD.replace("[ike]", "[ike]\nmax_half_open_per_source = 0"));
+        assert!(e.contains("ike.max_half_open_per_source"), "{e}");
+        let e =
+            error_of(&GOOD.replace("name = \"gw1\"", "name = \"gw1\"\naead_backend = \"fast\""));
+        assert!(e.contains("node.aead_backend"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The local control socket: one command per connection, one reply, as plain lines.
 //! `tandemd ctl` is its client. The cluster-wide admin API (gRPC) is separate; this
 //! socket only ever talks to the daemon on the same machine, guarded by file
-//! permissions (0600, root).
+//! permissions (0600, created so from the start) and by the caller's
+//! credentials (root or tandemd's own user), with a read timeout and a cap
+//! on connections open at once.
 
 use std::path::{Path, PathBuf};
 
@@ -166,25 +168,39 @@ impl Command {
 /// What the daemon's main loop receives: the command and where to send the reply.
 pub type Request = (Command, oneshot::Sender<Result<String, String>>);
 
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 16;
+/// How long a client may take to send its line.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Listens on `path`, forwarding each parsed command to the main loop.
 pub fn serve(path: &Path, requests: mpsc::Sender<Request>) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    // A stale socket from a crashed run would make bind fail with EADDRINUSE.
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("cannot bind control socket {}", path.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot restrict {}", path.display()))?;
-    }
+    let listener = bind_private(path)?;
+    // /proc/self belongs to the process's effective user (Linux).
+    let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    let me = me.unwrap_or(0);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
+            let slot = match slots.clone().acquire_owned().await {
+                Ok(slot) => slot,
+                Err(_) => return,
+            };
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(answer(stream, requests.clone()));
+                    let uid = stream.peer_cred().map(|c| c.uid());
+                    if !matches!(uid, Ok(u) if u == 0 || u == me) {
+                        tracing::debug!(
+                            ?uid,
+                            "control socket caller refused: not root nor tandemd's user"
+                        );
+                        continue;
+                    }
+                    let requests = requests.clone();
+                    tokio::spawn(async move {
+                        answer(stream, requests).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
             }
@@ -193,13 +209,42 @@ pub fn serve(path: &Path, requests: mpsc::Sender<Request>) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Binds the socket where nobody else can reach it even for an instant: in
+/// a fresh directory only this user may enter, made 0600 there, then moved
+/// into place (a chmod after binding at `path` would leave a window).
+fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let staging = dir.join(format!(".tandemd-bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    let bound = (|| -> anyhow::Result<UnixListener> {
+        let inner = staging.join("sock");
+        let listener = UnixListener::bind(&inner)
+            .with_context(|| format!("cannot bind control socket {}", path.display()))?;
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {}", path.display()))?;
+        // A stale socket from a crashed run is replaced.
+        std::fs::rename(&inner, path)
+            .with_context(|| format!("cannot move the control socket to {}", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
+}
+
 async fn answer(stream: UnixStream, requests: mpsc::Sender<Request>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     // One short line: bound it so a stuck client cannot make us buffer forever.
     let mut reader = BufReader::new(read).take(4096);
-    if reader.read_line(&mut line).await.is_err() {
-        return;
+    match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) | Err(_) => return,
     }
     let reply = match Command::parse(line.trim()) {
         Err(e) => Err(e),
@@ -242,6 +287,36 @@ pub async fn call(path: &PathBuf, command: &str) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_socket_is_private_from_the_start_and_a_silent_client_times_out() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("tandem-ctl-test-{}", std::process::id()));
+        let path = dir.join("ctl.sock");
+        let (tx, mut rx) = mpsc::channel::<Request>(1);
+        serve(&path, tx).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no staging left"
+        );
+        tokio::spawn(async move {
+            while let Some((_, reply)) = rx.recv().await {
+                let _ = reply.send(Ok("fine".into()));
+            }
+        });
+        assert_eq!(call(&path, "status").await.unwrap(), "fine");
+        // A client that connects and says nothing is dropped, not waited on.
+        let mut silent = UnixStream::connect(&path).await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(READ_TIMEOUT * 2, silent.read_to_end(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+        // A stale socket (a crashed run's) is replaced.
+        serve(&path, mpsc::channel(1).0).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn parses_commands() {

@@ -49,9 +49,13 @@ struct Block {
 }
 
 impl Dataplane {
-    pub fn new(replay_windows: BTreeMap<String, u32>, gated: bool) -> Dataplane {
+    pub fn new(
+        replay_windows: BTreeMap<String, u32>,
+        gated: bool,
+        backend: tandem_crypto::AeadBackend,
+    ) -> Dataplane {
         Dataplane {
-            sadb: Sadb::new(),
+            sadb: Sadb::with_backend(backend),
             replay_windows,
             pending_outbound: BTreeMap::new(),
             bufs: Vec::new(),
@@ -441,7 +445,11 @@ mod tests {
 
     #[test]
     fn a_node_sends_only_from_the_blocks_granted_to_it() {
-        let mut d = Dataplane::new(BTreeMap::from([("site-a".to_owned(), 64)]), true);
+        let mut d = Dataplane::new(
+            BTreeMap::from([("site-a".to_owned(), 64)]),
+            true,
+            tandem_crypto::AeadBackend::default(),
+        );
         // Taken over from a view where numbers up to 99 were spoken for:
         // nothing may be sent before a block is granted, and one is due.
         d.take_over(&child(), 100, 0).unwrap();

@@ -244,6 +244,7 @@ pub async fn serve<I: Io>(
                 .map(|c| (c.ike.name.clone(), c.replay_window))
                 .collect(),
             cluster_mode,
+            config.aead_backend,
         ),
         io,
         natt_port: config.natt_port,
@@ -1517,7 +1518,18 @@ impl<I: Io> Node<I> {
             } => {
                 crate::telemetry::ike_event("closed", &connection);
                 crate::telemetry::ike_closed(&connection, reason);
-                tracing::info!(%connection, spi_i = format_args!("{spi_i:016x}"), spi_r = format_args!("{spi_r:016x}"), ?reason, "IKE SA closed")
+                // Anyone who completes an IKE_SA_INIT can fail IKE_AUTH as
+                // often as they like: such setups are counted (the metric
+                // and the drop summary), not logged one by one.
+                use tandem_ike::endpoint::CloseReason;
+                if matches!(
+                    reason,
+                    CloseReason::AuthenticationFailed | CloseReason::NegotiationFailed(_)
+                ) {
+                    tracing::debug!(%connection, ?reason, "IKE SA setup failed");
+                } else {
+                    tracing::info!(%connection, spi_i = format_args!("{spi_i:016x}"), spi_r = format_args!("{spi_r:016x}"), ?reason, "IKE SA closed")
+                }
             }
             Event::ChildSaInstalled(child) => {
                 if child.replaces.is_some() {

@@ -23,6 +23,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, CacheInfo};
 use rtnetlink::packet_route::link::{LinkAttribute, State};
 
 use crate::config::{Config, Vip};
+use tokio::sync::{mpsc, oneshot};
 
 /// When gratuitous ARPs go out after an address moves: at once, then again
 /// in case the first crossed a neighbour's own probe, and once more after a
@@ -53,20 +54,42 @@ enum VipMover {
         /// None without CAP_NET_RAW: addresses move, unannounced.
         garp: Option<Arc<garp::Announcer>>,
     },
-    Hook {
-        path: PathBuf,
-        node: String,
-    },
+    /// The operator's script, run by a worker task in the order the events
+    /// came, each within [`HOOK_TIMEOUT`]: a slow or hung script never
+    /// stalls the packet loop.
+    Hook(mpsc::Sender<HookJob>),
 }
+
+enum HookJob {
+    Run(&'static str, IpAddr),
+    /// Answered once every job queued before it has run.
+    Flush(oneshot::Sender<()>),
+}
+
+/// A hook still running after this is killed (and logged).
+const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events waiting for the hook; past this the loop waits for the worker.
+const HOOK_QUEUE: usize = 1024;
 
 impl VipMover {
     async fn new(vip: &Vip, node: &str) -> anyhow::Result<VipMover> {
         Ok(match vip {
             Vip::None => VipMover::None,
-            Vip::Hook(path) => VipMover::Hook {
-                path: path.clone(),
-                node: node.to_owned(),
-            },
+            Vip::Hook(path) => {
+                let (jobs, mut queue) = mpsc::channel(HOOK_QUEUE);
+                let (path, node) = (path.clone(), node.to_owned());
+                tokio::spawn(async move {
+                    while let Some(job) = queue.recv().await {
+                        match job {
+                            HookJob::Run(event, addr) => run_hook(&path, event, addr, &node).await,
+                            HookJob::Flush(done) => {
+                                let _ = done.send(());
+                            }
+                        }
+                    }
+                });
+                VipMover::Hook(jobs)
+            }
             Vip::Linux {
                 interface,
                 prefix_len,
@@ -107,7 +130,9 @@ impl VipMover {
     async fn up(&self, addr: IpAddr) {
         match self {
             VipMover::None => {}
-            VipMover::Hook { path, node } => run_hook(path, "up", addr, node).await,
+            VipMover::Hook(jobs) => {
+                let _ = jobs.send(HookJob::Run("up", addr)).await;
+            }
             VipMover::Linux {
                 handle,
                 interface,
@@ -191,11 +216,23 @@ impl VipMover {
         }
     }
 
+    /// Returns once every hook event queued so far has run.
+    async fn flush(&self) {
+        if let VipMover::Hook(jobs) = self {
+            let (done, ran) = oneshot::channel();
+            if jobs.send(HookJob::Flush(done)).await.is_ok() {
+                let _ = ran.await;
+            }
+        }
+    }
+
     /// This node no longer owns `addr`.
     async fn down(&self, addr: IpAddr) {
         match self {
             VipMover::None => {}
-            VipMover::Hook { path, node } => run_hook(path, "down", addr, node).await,
+            VipMover::Hook(jobs) => {
+                let _ = jobs.send(HookJob::Run("down", addr)).await;
+            }
             VipMover::Linux {
                 handle,
                 interface,
@@ -356,22 +393,35 @@ impl TunnelAddresses {
         }
     }
 
-    /// Every tunnel's addresses down: at start, and for `tandemd release`.
+    /// Every tunnel's addresses down: at start, and for `tandemd release`
+    /// (which exits next: it waits for the hook to have run).
     pub async fn release_all(&self) {
         let tunnels: Vec<String> = self.tunnels().keys().cloned().collect();
         for tunnel in tunnels {
             self.down(&tunnel).await;
         }
+        self.outer.flush().await;
+        self.lan.flush().await;
     }
 }
 
 async fn run_hook(path: &PathBuf, event: &str, addr: IpAddr, node: &str) {
-    let status = tokio::process::Command::new(path)
+    let child = tokio::process::Command::new(path)
         .arg(event)
         .arg(addr.to_string())
         .arg(node)
-        .status()
-        .await;
+        .kill_on_drop(true)
+        .spawn();
+    let status = match child {
+        Ok(mut child) => match tokio::time::timeout(HOOK_TIMEOUT, child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                tracing::error!(hook = %path.display(), event, %addr, "VIP hook killed after {HOOK_TIMEOUT:?}");
+                return;
+            }
+        },
+        Err(e) => Err(e),
+    };
     match status {
         Ok(s) if s.success() => {
             tracing::info!(hook = %path.display(), event, %addr, "VIP hook done")
@@ -517,6 +567,8 @@ mod tests {
             .await
             .unwrap();
         missing.up(addr).await;
+        missing.flush().await;
+        mover.flush().await;
         assert_eq!(
             std::fs::read_to_string(&calls).unwrap(),
             "up 192.0.2.1 gw2\ndown 192.0.2.1 gw2\n"
