@@ -1391,6 +1391,88 @@ impl Capture {
     }
 }
 
+/// A capture of whole frames (tcpdump -s 0, a pcap file), for tests that
+/// need the bytes: to replay a packet, or to count what reached a network.
+#[derive(Debug)]
+pub struct RawCapture {
+    proc: Proc,
+    log: PathBuf,
+    pcap: PathBuf,
+}
+
+impl RawCapture {
+    /// Captures what tcpdump's `filter` (its words) selects on `iface` in `ns`.
+    pub fn start(ns: &Netns, iface: &str, filter: &[&str], dir: &Path) -> anyhow::Result<Self> {
+        let log = dir.join(unique("raw-capture-"));
+        let pcap = log.with_extension("pcap");
+        let pcap_arg = pcap.to_str().context("capture path")?;
+        let mut args = vec![
+            "tcpdump",
+            "-i",
+            iface,
+            "-n",
+            "-s",
+            "0",
+            "-U",
+            "--immediate-mode",
+            "-Z",
+            "root",
+            "-w",
+            pcap_arg,
+        ];
+        args.extend(filter);
+        let proc = ns.spawn(&args, &log)?;
+        let capture = RawCapture { proc, log, pcap };
+        wait_for("tcpdump to listen", Duration::from_secs(5), || {
+            Ok(std::fs::read_to_string(&capture.log)
+                .unwrap_or_default()
+                .contains("listening on")
+                .then_some(()))
+        })?;
+        Ok(capture)
+    }
+
+    /// Stops the capture; returns the Ethernet frames, in order.
+    pub fn stop(self) -> anyhow::Result<Vec<Vec<u8>>> {
+        let pcap = self.pcap.clone();
+        drop(self.proc);
+        let bytes = std::fs::read(&pcap).with_context(|| format!("{}", pcap.display()))?;
+        // pcap: a 24-byte file header, then per frame 16 bytes (time,
+        // captured and original length, in the writer's byte order) and
+        // the frame. tcpdump writes little-endian here.
+        anyhow::ensure!(
+            bytes.get(..4) == Some(&[0xd4, 0xc3, 0xb2, 0xa1][..]),
+            "not a little-endian pcap"
+        );
+        let mut frames = Vec::new();
+        let mut at = 24;
+        while let Some(header) = bytes.get(at..at + 16) {
+            let len = u32::from_le_bytes([header[8], header[9], header[10], header[11]]) as usize;
+            let frame = bytes
+                .get(at + 16..at + 16 + len)
+                .context("truncated pcap")?;
+            frames.push(frame.to_vec());
+            at += 16 + len;
+        }
+        Ok(frames)
+    }
+}
+
+/// The UDP payloads, in order, of the IPv4 frames sent to `dst`:`port`.
+pub fn udp_payloads(frames: &[Vec<u8>], dst: std::net::Ipv4Addr, port: u16) -> Vec<Vec<u8>> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let ip = f.get(14..)?;
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            let to_dst = ip.get(16..20)? == dst.octets() && *ip.get(9)? == 17;
+            let udp = ip.get(ihl..)?;
+            let to_port = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]) == port;
+            (to_dst && to_port).then(|| udp.get(8..).map(<[u8]>::to_vec))?
+        })
+        .collect()
+}
+
 /// tcpdump -e -n -tt lines such as
 /// `1763890000.123456 02:00:00:00:00:01 > 02:00:00:00:00:02, ethertype IPv4
 /// (0x0800), length 170: 192.0.2.1.4500 > 192.0.2.2.4500: UDP-encap:
