@@ -44,6 +44,19 @@ impl HaSite {
     pub const LAN_GW: &str = "10.2.255.254";
     pub const LAN_GW_B: &str = "10.4.255.254";
 
+    /// A second customer's device on the outer segment (its own namespace,
+    /// so its own strongSwan): [`HaSite::DEVICE_B`] outside,
+    /// [`HaSite::PEER_INNER_B`] inside.
+    pub const DEVICE_B: &str = "192.0.2.3";
+
+    /// Makes the namespace of [`HaSite::DEVICE_B`].
+    pub fn device_b(&self) -> anyhow::Result<Netns> {
+        let ns = Netns::new()?;
+        let outer = self.plug(&self.peer, &ns, "br0", Some(Self::DEVICE_B))?;
+        inner_host(&ns, &outer, Self::PEER_INNER_B)?;
+        Ok(ns)
+    }
+
     /// Node `i`'s (1-based) address on the cluster segment.
     pub fn cluster_addr(i: usize) -> String {
         format!("198.51.100.{}", 10 + i)

@@ -626,6 +626,17 @@ impl Charon {
         Self::start_conf(ns, dir, &Tunnel::swanctl_conf(tunnels), &[])
     }
 
+    /// Starts charon in `ns` with these connections loaded and `settings`
+    /// (strongswan.conf lines) added to its `charon` section.
+    pub fn start_with_settings(
+        ns: &Netns,
+        dir: &Path,
+        tunnels: &[Tunnel],
+        settings: &str,
+    ) -> anyhow::Result<Charon> {
+        Self::start_full(ns, dir, &Tunnel::swanctl_conf(tunnels), &[], settings)
+    }
+
     /// Starts charon in `ns` with this swanctl.conf loaded, and `files`
     /// (name, content) beside it for it to include.
     pub fn start_conf(
@@ -633,6 +644,16 @@ impl Charon {
         dir: &Path,
         swanctl: &str,
         files: &[(&str, &str)],
+    ) -> anyhow::Result<Charon> {
+        Self::start_full(ns, dir, swanctl, files, "")
+    }
+
+    fn start_full(
+        ns: &Netns,
+        dir: &Path,
+        swanctl: &str,
+        files: &[(&str, &str)],
+        settings: &str,
     ) -> anyhow::Result<Charon> {
         let dir = dir.join(unique("charon-"));
         std::fs::create_dir_all(dir.join("run"))?;
@@ -647,6 +668,7 @@ impl Charon {
                 "charon {{
   load_modular = yes
   install_routes = yes
+  {settings}
   plugins {{
     include /etc/strongswan.d/charon/*.conf
     kernel-libipsec {{
@@ -721,6 +743,12 @@ impl Charon {
     /// Deletes the IKE SA of connection `name` (sends the DELETE, waits for the reply).
     pub fn terminate_ike(&self, name: &str) -> anyhow::Result<()> {
         self.swanctl(&["--terminate", "--ike", name, "--timeout", "10"])
+            .map(drop)
+    }
+
+    /// Deletes the child SA `child` (sends the DELETE, waits for the reply).
+    pub fn terminate_child(&self, child: &str) -> anyhow::Result<()> {
+        self.swanctl(&["--terminate", "--child", child, "--timeout", "10"])
             .map(drop)
     }
 
