@@ -1380,6 +1380,16 @@ pub fn esp_by_sa<'a>(
     by_sa
 }
 
+/// Waits until the tcpdump logging to `log` says it captures.
+fn tcpdump_listening(log: &Path) -> anyhow::Result<()> {
+    wait_for("tcpdump to listen", Duration::from_secs(5), || {
+        Ok(std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("listening on")
+            .then_some(()))
+    })
+}
+
 impl Capture {
     /// Captures UDP 4500 on `iface` in `ns` into a pcap file in `dir`:
     /// headers only, decoded after the capture, so tcpdump takes little CPU
@@ -1396,12 +1406,7 @@ impl Capture {
             &log,
         )?;
         let capture = Capture { proc, log, pcap };
-        wait_for("tcpdump to listen", Duration::from_secs(5), || {
-            Ok(std::fs::read_to_string(&capture.log)
-                .unwrap_or_default()
-                .contains("listening on")
-                .then_some(()))
-        })?;
+        tcpdump_listening(&capture.log)?;
         Ok(capture)
     }
 
@@ -1451,12 +1456,7 @@ impl RawCapture {
         args.extend(filter);
         let proc = ns.spawn(&args, &log)?;
         let capture = RawCapture { proc, log, pcap };
-        wait_for("tcpdump to listen", Duration::from_secs(5), || {
-            Ok(std::fs::read_to_string(&capture.log)
-                .unwrap_or_default()
-                .contains("listening on")
-                .then_some(()))
-        })?;
+        tcpdump_listening(&capture.log)?;
         Ok(capture)
     }
 
